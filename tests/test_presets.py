@@ -1,0 +1,32 @@
+"""Every YAML preset in configs/ loads into its config class (presets cannot drift from code)."""
+
+from pathlib import Path
+
+import pytest
+
+from rewardiff.config import load_config
+from rewardiff.demo import DemoConfig
+from rewardiff.generation import GenerateConfig
+from rewardiff.shapes.train_generator import TrainGeneratorConfig
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+KINDS = {"demo": DemoConfig, "generate": GenerateConfig, "shapes_generator": TrainGeneratorConfig}
+
+
+def _kind(path: Path):
+    for prefix, cls in KINDS.items():
+        if path.stem.startswith(prefix):
+            return cls
+    raise AssertionError(f"{path.name}: no config class for this preset name")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_preset_loads(path):
+    cfg = load_config(_kind(path), path)
+    assert cfg is not None
+
+
+def test_shipped_generator_recipe_matches_defaults():
+    cfg = load_config(TrainGeneratorConfig, CONFIGS / "shapes_generator.yaml")
+    assert cfg.arch == TrainGeneratorConfig().arch
+    assert cfg.vae == TrainGeneratorConfig().vae
