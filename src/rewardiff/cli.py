@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from rewardiff.errors import RewardiffError
@@ -18,13 +17,9 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _load(cls, args: argparse.Namespace, flags: dict[str, object]):
     """Defaults <- --config preset <- explicit flags <- --set overrides."""
-    import yaml
-
     from rewardiff.config import load_config
 
-    flag_overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                      for k, v in flags.items() if v is not None]
-    return load_config(cls, args.config, flag_overrides + list(args.overrides))
+    return load_config(cls, args.config, list(args.overrides), values=flags)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -46,6 +41,14 @@ def _cmd_eval_oracle(args: argparse.Namespace) -> int:
     rep, out = evaluate_with_oracle(args.metadata, args.out)
     print(rep.markdown())
     print(f"\nwrote {out / 'oracle_eval.json'} and {out / 'oracle_eval.md'}")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from rewardiff.rewards.scoring import score_metadata
+
+    out = score_metadata(args.metadata, args.reward, device=args.device, batch_size=args.batch_size, out=args.out)
+    print(f"wrote {out} and {out.parent / 'scores_summary.json'}")
     return 0
 
 
@@ -104,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory")
     _add_config_args(p)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("score", help="score a generated set with one or more rewards (weighted sum in 'total')")
+    p.add_argument("metadata", help="metadata.jsonl (or its folder)")
+    p.add_argument("--reward", action="append", required=True, metavar="NAME[@MODEL][:WEIGHT]",
+                   help="e.g. clip, clip@/models/clip:0.5, jpeg_incompressibility; repeatable")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", help="folder for scores.jsonl (default: beside the metadata)")
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("eval", help="evaluate a generated set")
     esub = p.add_subparsers(dest="eval_command", required=True)

@@ -94,24 +94,34 @@ def to_dict(cfg: Any) -> dict:
     return convert(cfg)
 
 
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply 'a.b.c=value' strings (value parsed as YAML) to a nested mapping."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        _set_dotted(data, key, yaml.safe_load(raw))
     return data
 
 
-def load_config(cls: type[T], preset: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults <- YAML preset <- dotted overrides, type-checked against the dataclass."""
+def load_config(
+    cls: type[T],
+    preset: str | Path | None = None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> T:
+    """Defaults <- YAML preset <- `values` (dotted keys, Python values; None = unset) <- string
+    overrides, type-checked against the dataclass."""
     data = to_dict(cls())  # type: ignore[call-arg]
     if preset is not None:
         path = Path(preset)
@@ -121,6 +131,9 @@ def load_config(cls: type[T], preset: str | Path | None = None, overrides: list[
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = _deep_merge(data, loaded)
+    for key, value in (values or {}).items():
+        if value is not None:
+            _set_dotted(data, key, value)
     data = apply_overrides(data, list(overrides or []))
     return from_dict(cls, data)
 
