@@ -40,7 +40,7 @@ class VaeStageConfig:
 
 @dataclass
 class UnetStageConfig:
-    steps: int = 3000  # optimiser steps (extend and re-run to train longer; it resumes)
+    steps: int = 2400  # optimiser steps (extend and re-run to train longer; it resumes)
     batch_size: int = 64  # images per step
     lr: float = 5e-4  # AdamW, constant after warm-up so a run can be extended
     warmup_steps: int = 200
