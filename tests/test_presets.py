@@ -4,13 +4,15 @@ from pathlib import Path
 
 import pytest
 
+from rewardiff.algorithms.reward_model import RewardModelConfig
 from rewardiff.config import load_config
 from rewardiff.demo import DemoConfig
 from rewardiff.generation import GenerateConfig
+from rewardiff.shapes.judges.train import TrainJudgesConfig
 from rewardiff.shapes.train_generator import TrainGeneratorConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-KINDS = {"demo": DemoConfig, "generate": GenerateConfig, "shapes_generator": TrainGeneratorConfig}
+KINDS = {"demo": DemoConfig, "generate": GenerateConfig, "shapes_generator": TrainGeneratorConfig, "shapes_judges": TrainJudgesConfig, "reward_model": RewardModelConfig}
 
 
 def _kind(path: Path):

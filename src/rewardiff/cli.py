@@ -44,6 +44,28 @@ def _cmd_eval_oracle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_preference(args: argparse.Namespace) -> int:
+    from rewardiff.eval.preference_accuracy import RESULT_JSON, RESULT_MD, evaluate_preference
+
+    table, out = evaluate_preference(args.data, args.reward, split=args.split, device=args.device,
+                                     batch_size=args.batch_size, out=args.out, min_images=args.min_images,
+                                     max_images=args.max_images)
+    print(table.markdown())
+    print(f"\nwrote {out / RESULT_JSON} and {out / RESULT_MD}")
+    return 0
+
+
+def _cmd_train_reward(args: argparse.Namespace) -> int:
+    from rewardiff.algorithms.reward_model import RewardModelConfig, train_reward_model
+
+    cfg = _load(RewardModelConfig, args, {"data": args.data, "out": args.out, "seed": args.seed, "device": args.device})
+    result = train_reward_model(cfg)
+    test = f", test accuracy {100 * result.test_accuracy:.2f}%" if result.test_accuracy is not None else ""
+    print(f"best epoch {result.best_epoch}: validation accuracy {100 * result.best_val_accuracy:.2f}%{test}")
+    print(f"reward model written to {result.run / 'best'} (use it as --reward preference@{result.run})")
+    return 0
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from rewardiff.rewards.scoring import score_metadata
 
@@ -73,6 +95,24 @@ def _cmd_export_generator(args: argparse.Namespace) -> int:
     from rewardiff.shapes.train_generator import export_pipeline
 
     print(f"pipeline written to {export_pipeline(Path(args.run), Path(args.dest))}")
+    return 0
+
+
+def _cmd_train_judges(args: argparse.Namespace) -> int:
+    from rewardiff.shapes.judges.train import TrainJudgesConfig, train_judges
+
+    cfg = _load(TrainJudgesConfig, args, {"out": args.out, "seed": args.seed})
+    for name, path in train_judges(cfg, only=args.only).items():
+        print(f"{name} judge written to {path}")
+    return 0
+
+
+def _cmd_eval_judges(args: argparse.Namespace) -> int:
+    from rewardiff.eval.judges_eval import evaluate_judges, markdown
+
+    result, out = evaluate_judges(args.judges, args.out, generated=args.generated, per_prompt=args.per_prompt)
+    print(markdown(result["rendered_heldout"], result["oracle_agreement"]))
+    print(f"\nwrote {out / 'judges_eval.json'} and {out / 'judges_eval.md'}")
     return 0
 
 
@@ -123,6 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("metadata", help="metadata.jsonl (or its folder)")
     e.add_argument("--out", help="where to write oracle_eval.{json,md} (default: beside the metadata)")
     e.set_defaults(func=_cmd_eval_oracle)
+    e = esub.add_parser("preference", help="preference accuracy of rewards on a ranked set (the report's Table 1)")
+    e.add_argument("--data", required=True, help="preference dataset folder (index.jsonl + images)")
+    e.add_argument("--reward", action="append", required=True, metavar="NAME[@MODEL]",
+                   help="e.g. clip, aesthetic, preference@runs/reward-model; repeatable (one table row each)")
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--batch-size", type=int, default=16, help="images per reward call")
+    e.add_argument("--out", help="where to write preference_accuracy.{json,md} (default DATA/eval-preference-SPLIT)")
+    e.add_argument("--min-images", type=int, help="fewest images per prompt accepted (default 4, as ImageRewardDB)")
+    e.add_argument("--max-images", type=int, help="most images per prompt accepted (default 9)")
+    e.set_defaults(func=_cmd_eval_preference)
+
+    p = sub.add_parser("train-reward", help="train the preference reward model (CLIP embeddings + MLP, Bradley-Terry; resumable)")
+    p.add_argument("--data", help="preference dataset folder (index.jsonl + images)")
+    p.add_argument("--out", help="run directory (default runs/reward-model)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, ...")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train_reward)
 
     p = sub.add_parser("shapes", help="the embedded shapes world")
     ssub = p.add_subparsers(dest="shapes_command", required=True)
@@ -135,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="training run directory")
     s.add_argument("dest", help="destination pipeline folder")
     s.set_defaults(func=_cmd_export_generator)
+    s = ssub.add_parser("train-judges", help="train the judges (CLIP-like, detector, captioner) on rendered images (resumable)")
+    s.add_argument("--only", choices=["clip", "detector", "captioner"], help="train one judge only")
+    s.add_argument("--out", help="run directory (default runs/shapes-judges)")
+    s.add_argument("--seed", type=int)
+    _add_config_args(s)
+    s.set_defaults(func=_cmd_train_judges)
+    s = ssub.add_parser("eval-judges", help="judges' accuracy on held-out rendered images and agreement with the oracle")
+    s.add_argument("--judges", help="judges folder (<judge>/ or a train-judges run; default: the shipped judges)")
+    s.add_argument("--generated", metavar="METADATA", help="generated set (metadata.jsonl or folder) to compare with the oracle")
+    s.add_argument("--per-prompt", type=int, default=4, help="rendered images per held-out prompt")
+    s.add_argument("--out", required=True, help="where to write judges_eval.{json,md}")
+    s.set_defaults(func=_cmd_eval_judges)
     s = ssub.add_parser("render", help="render ground-truth images for prompts (metadata.jsonl layout)")
     s.add_argument("--prompts", default="shapes:heldout")
     s.add_argument("--num-images", type=int, default=4)

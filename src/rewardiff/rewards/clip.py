@@ -44,6 +44,7 @@ class ClipEmbedder:
         self.tokenizer = load_tokenizer(proc_ref, "CLIP")
         self.transform = ImageTransform.from_processor(load_image_processor(proc_ref, "CLIP"))
         self.dtype = dtype
+        self.key = f"clip-{model}"  # names this embedder's cached embeddings (see algorithms/reward_model.py)
         text_positions = self.model.config.text_config.max_position_embeddings
         self.max_length = min(int(getattr(self.tokenizer, "model_max_length", text_positions)), text_positions)
 
@@ -62,6 +63,14 @@ class ClipEmbedder:
         tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
         emb = _pooled(self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])).float()
         return emb / emb.norm(dim=-1, keepdim=True)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The `Embedder` protocol of algorithms/reward_model.py: `image_embeds` on this device."""
+        return self.image_embeds(images.to(self.device))
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """The `Embedder` protocol of algorithms/reward_model.py: `text_embeds`."""
+        return self.text_embeds(texts)
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
         """A `TextEncoder` (see caption.py): texts -> normalised embeddings."""

@@ -71,12 +71,17 @@ class _Owlv2:
         self.max_length = min(int(getattr(self.tokenizer, "model_max_length", positions)), positions)
         self.dtype = dtype
 
-    def confidences(self, images: torch.Tensor, classes: list[list[str]]) -> list[torch.Tensor]:
+    def predictions(self, images: torch.Tensor, classes: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs (B, patches, queries), boxes (B, patches, 4) normalised cxcywh of the padded
+        square image); queries past an image's own classes are padding."""
         per_image = max(len(c) for c in classes)
-        queries = [c[i] if i < len(c) else "" for c in classes for i in range(per_image)]  # "" pads, ignored below
+        queries = [c[i] if i < len(c) else "" for c in classes for i in range(per_image)]  # "" pads, ignored by callers
         tokens = self.tokenizer(queries, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt").to(images.device)
         out = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=self.transform(images, dtype=self.dtype))
-        best = out.logits.float().sigmoid().amax(dim=1)  # (B, queries): best box per query
+        return out.logits.float().sigmoid(), out.pred_boxes
+
+    def confidences(self, images: torch.Tensor, classes: list[list[str]]) -> list[torch.Tensor]:
+        best = self.predictions(images, classes)[0].amax(dim=1)  # (B, queries): best box per query
         return [best[b, : len(c)] for b, c in enumerate(classes)]
 
 

@@ -31,6 +31,27 @@ class ModelRef:
     is_local: bool
 
 
+SHAPES_JUDGES = "shapes"
+"""The model name users type for the shipped shapes-world judges: clip@shapes, caption@shapes, ..."""
+
+
+def shipped_judge_dir(judge: str) -> Path:
+    """rewardiff/shapes/weights/judges/<judge> (judge: clip, captioner or detector)."""
+    return Path(__file__).resolve().parent.parent / "shapes" / "weights" / "judges" / judge
+
+
+def shapes_judge(model: str | None, judge: str) -> str | None:
+    """'shapes' -> the shipped judge folder (an error if it is missing); anything else unchanged.
+
+    The one place where the name 'shapes' becomes a path, for every reward that has a judge."""
+    if model != SHAPES_JUDGES:
+        return model
+    path = shipped_judge_dir(judge)
+    if not (path / "config.json").is_file():
+        raise RewardiffError(f"the shipped shapes {judge} judge is missing at {path}; run 'rewardiff shapes train-judges' and copy OUT/{judge}/model there")
+    return str(path)
+
+
 def resolve_model_ref(model: str, what: str) -> ModelRef:
     """An existing path (or anything path-like) -> that folder; otherwise a hub id ('owner/name')."""
     if not model or not str(model).strip():

@@ -34,10 +34,11 @@ RewardFactory = Callable[[str | None, Device], Reward]
 
 
 def _clip(model: str | None, device: Device) -> Reward:
-    """CLIP score, 100 x cosine clamped at 0 (MODEL: CLIP folder / hub id; default openai/clip-vit-large-patch14)."""
+    """CLIP score, 100 x cosine clamped at 0 (MODEL: CLIP folder / hub id / 'shapes'; default openai/clip-vit-large-patch14)."""
     from rewardiff.rewards.clip import DEFAULT_CLIP, ClipScore
+    from rewardiff.rewards.loading import shapes_judge
 
-    return ClipScore(model or DEFAULT_CLIP, device=device)
+    return ClipScore(shapes_judge(model, "clip") or DEFAULT_CLIP, device=device)
 
 
 def _aesthetic(model: str | None, device: Device) -> Reward:
@@ -76,16 +77,24 @@ def _imagereward(model: str | None, device: Device) -> Reward:
 
 
 def _caption(model: str | None, device: Device) -> Reward:
-    """BLIP caption vs prompt, CLIP text cosine (MODEL: BLIP folder / hub id; default Salesforce/blip-image-captioning-large)."""
+    """BLIP caption vs prompt, CLIP text cosine (MODEL: BLIP folder / hub id / 'shapes'; default Salesforce/blip-image-captioning-large)."""
     from rewardiff.rewards.caption import DEFAULT_CAPTIONER, CaptionSimilarity
+    from rewardiff.rewards.loading import SHAPES_JUDGES, shapes_judge
 
+    if model == SHAPES_JUDGES:  # the shapes captioner, compared through the shapes CLIP's text tower
+        return CaptionSimilarity(shapes_judge(model, "captioner"), text_encoder=shapes_judge(model, "clip"), device=device)
     return CaptionSimilarity(model or DEFAULT_CAPTIONER, device=device)
 
 
 def _detection(model: str | None, device: Device) -> Reward:
-    """Mean best-box confidence of the prompt's objects (MODEL: OWLv2 or Grounding DINO folder / hub id; default OWLv2)."""
+    """Mean best-box confidence of the prompt's objects (MODEL: OWLv2 or Grounding DINO folder / hub id / 'shapes'; default OWLv2)."""
     from rewardiff.rewards.detection import DEFAULT_DETECTOR, DetectionConfidence
+    from rewardiff.rewards.loading import SHAPES_JUDGES, shapes_judge
 
+    if model == SHAPES_JUDGES:  # the shapes detector queries "{color} {shape}" class names
+        from rewardiff.shapes.judges.detector import prompt_classes
+
+        return DetectionConfidence(shapes_judge(model, "detector"), device=device, parse_classes=prompt_classes)
     return DetectionConfidence(model or DEFAULT_DETECTOR, device=device)
 
 
@@ -112,6 +121,15 @@ def _jpeg_incompressibility(model: str | None, device: Device) -> Reward:
     return JpegIncompressibility(device)
 
 
+def _preference(model: str | None, device: Device) -> Reward:
+    """Reward model trained by `rewardiff train-reward` (MODEL: its run folder; required)."""
+    from rewardiff.rewards.preference import PreferenceReward
+
+    if model is None:
+        raise RewardiffError("reward 'preference' needs its run folder: preference@RUN_DIR (from rewardiff train-reward)")
+    return PreferenceReward.from_run(model, device)
+
+
 def _no_model(name: str, model: str | None) -> None:
     if model is not None:
         raise RewardiffError(f"reward {name!r} takes no model (got @{model})")
@@ -129,6 +147,7 @@ REWARDS: dict[str, RewardFactory] = {
     "grounding_dino": _grounding_dino,
     "jpeg_compressibility": _jpeg_compressibility,
     "jpeg_incompressibility": _jpeg_incompressibility,
+    "preference": _preference,
 }
 
 

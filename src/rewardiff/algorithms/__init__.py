@@ -1,0 +1,1 @@
+"""Training algorithms; each exposes small pure loss functions + a train() entry point."""

@@ -1,0 +1,1 @@
+"""Datasets: preference sets (ranked images per prompt); later prompt sources and the self-generated store."""
