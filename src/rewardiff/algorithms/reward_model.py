@@ -51,6 +51,7 @@ from rewardiff.errors import RewardiffError
 from rewardiff.eval.preference_accuracy import preference_accuracy
 from rewardiff.io_utils import write_json
 from rewardiff.rewards.clip import DEFAULT_CLIP
+from rewardiff.train_log import TrainLog
 
 BEST, STATE, CACHE = "best", "state", "cache"
 RESUME_FREE = ("out", "epochs", "device", "threads", "embed_batch", "data")
@@ -350,31 +351,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63)
 
 
-class _Logger:
-    """JSONL log + tensorboard scalars (tensorboard optional at run time)."""
-
-    def __init__(self, out: Path):
-        self.path = out / "train_log.jsonl"
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        except Exception:  # pragma: no cover - tensorboard missing
-            self.tb = None
-
-    def log(self, epoch: int, **values: float) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"epoch": epoch, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(f"reward_model/{k}", v, epoch)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def _write_folder(directory: Path, write) -> None:
     """Fill a temp folder with `write(tmp)`, then rename it over `directory` (never half-written)."""
     tmp = directory.with_name(directory.name + ".tmp")
@@ -443,7 +419,7 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
         state = {k: saved[k] for k in state}
     save_config(cfg, out / CONFIG_FILE)
 
-    logger = _Logger(out)
+    logger = TrainLog(out)
     history = []
     remaining = max(cfg.epochs - state["epoch"], 0)
     steps_per_epoch = len(train.batches(cfg.batch_pairs, torch.Generator().manual_seed(0)))
@@ -476,7 +452,7 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
                 (tmp / "state.json").write_text(json.dumps(saved))
 
             _write_folder(state_dir, write_state)
-            logger.log(epoch, **row)
+            logger.log("reward_model", epoch, step_key="epoch", **row)
             history.append({"epoch": epoch, **row})
             bar.set_postfix(loss=f"{loss:.4f}", val=f"{val_acc:.4f}")
     finally:

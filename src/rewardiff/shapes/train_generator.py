@@ -28,6 +28,7 @@ from rewardiff.io_utils import atomic_write_text
 from rewardiff.shapes.generator import GeneratorArch, build_pipeline, build_vae
 from rewardiff.shapes.prompts import sample_train_prompt
 from rewardiff.shapes.render import render
+from rewardiff.train_log import TrainLog
 
 
 @dataclass
@@ -76,27 +77,6 @@ def rendered_batch(rng: random.Random, n: int) -> tuple[list[str], torch.Tensor]
     return prompts, x
 
 
-class _Logger:
-    """JSONL loss log + tensorboard scalars (tensorboard optional at run time)."""
-
-    def __init__(self, out: Path):
-        self.path = out / "train_log.jsonl"
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        except Exception:  # pragma: no cover - tensorboard missing
-            self.tb = None
-
-    def log(self, stage: str, step: int, **values: float) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"stage": stage, "step": step, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(f"{stage}/{k}", v, step)
-            self.tb.flush()
-
-
 def _save_state(directory: Path, tensors: dict[str, dict[str, torch.Tensor]], optim: dict, meta: dict) -> None:
     """Write a checkpoint folder atomically: a temp folder renamed over the old one."""
     tmp = directory.with_name(directory.name + ".tmp")
@@ -120,7 +100,7 @@ def _save_state(directory: Path, tensors: dict[str, dict[str, torch.Tensor]], op
         tmp.rename(directory)
 
 
-def train_vae(cfg: TrainGeneratorConfig, out: Path, logger: _Logger, progress: bool = True):
+def train_vae(cfg: TrainGeneratorConfig, out: Path, logger: TrainLog, progress: bool = True):
     """Stage 1; returns the trained AutoencoderKL (or the finished one on disk)."""
     from diffusers import AutoencoderKL
     from tqdm.auto import tqdm
@@ -198,7 +178,7 @@ def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    logger = _Logger(out)
+    logger = TrainLog(out)
     vae = train_vae(cfg, out, logger, progress)
     vae.requires_grad_(False)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from rewardiff.rewards.preprocess import ImageTransform
-from rewardiff.shapes.judges.common import MODEL_DIR, LoopConfig, augment, rendered_batch, save_folder, train_loop
+from rewardiff.shapes.judges.common import LoopConfig, MODEL_DIR, TinyTransformerArch, augment, rendered_batch, save_folder, train_loop
 from rewardiff.shapes.palette import IMAGE_SIZE
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
@@ -26,14 +26,8 @@ MAX_CAPTION_TOKENS = 16
 
 
 @dataclass
-class CaptionerArch:
-    patch_size: int = 4  # pixels
-    vision_width: int = 64
-    vision_layers: int = 4
-    text_width: int = 64
-    text_layers: int = 2
-    heads: int = 4
-    mlp_ratio: int = 2
+class CaptionerArch(TinyTransformerArch):
+    """BLIP's vision tower and text decoder at these sizes."""
 
 
 @dataclass

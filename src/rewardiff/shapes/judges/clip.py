@@ -21,21 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from rewardiff.rewards.preprocess import ImageTransform
-from rewardiff.shapes.judges.common import MODEL_DIR, LoopConfig, augment, rendered_batch, save_folder, train_loop
+from rewardiff.shapes.judges.common import LoopConfig, MODEL_DIR, TinyTransformerArch, augment, clip_style_configs, rendered_batch, save_folder, train_loop
 from rewardiff.shapes.judges.negatives import hard_negatives
 from rewardiff.shapes.palette import IMAGE_SIZE
 from rewardiff.shapes.prompts import train_prompts
 
 
 @dataclass
-class ClipArch:
-    patch_size: int = 4  # pixels; 32 / 4 = 8 x 8 patches
-    vision_width: int = 64
-    vision_layers: int = 4
-    text_width: int = 64
-    text_layers: int = 2
-    heads: int = 4
-    mlp_ratio: int = 2  # MLP width = mlp_ratio x width
+class ClipArch(TinyTransformerArch):
     projection_dim: int = 64  # embedding width (the real ViT-L/14: 768)
 
 
@@ -53,15 +46,7 @@ def build_clip(arch: ClipArch, tokenizer_dir: Path, seed: int = 0):
     from rewardiff.shapes.tokenizer import build_tokenizer
 
     tok = build_tokenizer(tokenizer_dir)
-    text = dict(
-        vocab_size=len(tok), hidden_size=arch.text_width, intermediate_size=arch.mlp_ratio * arch.text_width,
-        num_hidden_layers=arch.text_layers, num_attention_heads=arch.heads, max_position_embeddings=tok.model_max_length,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    vision = dict(
-        hidden_size=arch.vision_width, intermediate_size=arch.mlp_ratio * arch.vision_width, num_hidden_layers=arch.vision_layers,
-        num_attention_heads=arch.heads, image_size=IMAGE_SIZE, patch_size=arch.patch_size,
-    )
+    text, vision = clip_style_configs(arch, tok)
     torch.manual_seed(seed)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=arch.projection_dim))
     processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})

@@ -25,11 +25,42 @@ from safetensors.torch import load_file
 
 from rewardiff.shapes.prompts import PromptSpec, parse_prompt, sample_train_prompt
 from rewardiff.shapes.render import ObjectTruth, render
-from rewardiff.shapes.train_generator import _Logger, _save_state, _step_rng
+from rewardiff.shapes.train_generator import _save_state, _step_rng
+from rewardiff.train_log import TrainLog
 
 MODEL_DIR = "model"
 """Inside a judge's run folder: the final transformers folder (what gets shipped)."""
 CHECKPOINT_DIR = "checkpoint"
+
+
+
+@dataclass
+class TinyTransformerArch:
+    """Sizes of a judge's tiny ViT (32x32 images) and text transformer (shapes tokenizer)."""
+
+    patch_size: int = 4  # pixels; 32 / 4 = 8 x 8 patches
+    vision_width: int = 64
+    vision_layers: int = 4
+    text_width: int = 64
+    text_layers: int = 2
+    heads: int = 4
+    mlp_ratio: int = 2  # MLP width = mlp_ratio x width
+
+
+def clip_style_configs(arch: TinyTransformerArch, tokenizer) -> tuple[dict, dict]:
+    """(text_config, vision_config) kwargs shared by the CLIP and OWLv2 judges (same towers)."""
+    from rewardiff.shapes.palette import IMAGE_SIZE
+
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=arch.text_width, intermediate_size=arch.mlp_ratio * arch.text_width,
+        num_hidden_layers=arch.text_layers, num_attention_heads=arch.heads, max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=arch.vision_width, intermediate_size=arch.mlp_ratio * arch.vision_width, num_hidden_layers=arch.vision_layers,
+        num_attention_heads=arch.heads, image_size=IMAGE_SIZE, patch_size=arch.patch_size,
+    )
+    return text, vision
 
 
 @dataclass
@@ -95,7 +126,7 @@ def train_loop(name: str, model: torch.nn.Module, loss_fn: LossFn, cfg: LoopConf
     from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    logger = _Logger(out)
+    logger = TrainLog(out)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ckpt = out / CHECKPOINT_DIR

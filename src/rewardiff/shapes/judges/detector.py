@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from rewardiff.rewards.preprocess import ImageTransform
-from rewardiff.shapes.judges.common import MODEL_DIR, LoopConfig, augment, rendered_batch, save_folder, train_loop
+from rewardiff.shapes.judges.common import LoopConfig, MODEL_DIR, TinyTransformerArch, augment, clip_style_configs, rendered_batch, save_folder, train_loop
 from rewardiff.shapes.palette import COLORS, IMAGE_SIZE, SHAPES
 from rewardiff.shapes.render import ObjectTruth
 
@@ -45,14 +45,8 @@ PRIOR_SCALE = 5.0
 
 
 @dataclass
-class DetectorArch:
-    patch_size: int = 4  # pixels; one box per 4 x 4 patch, 8 x 8 patches
-    vision_width: int = 64
-    vision_layers: int = 4
-    text_width: int = 64
-    text_layers: int = 2
-    heads: int = 4
-    mlp_ratio: int = 2
+class DetectorArch(TinyTransformerArch):
+    """One box per patch (4 x 4 pixels by default: 8 x 8 boxes)."""
 
 
 @dataclass
@@ -71,15 +65,7 @@ def build_detector(arch: DetectorArch, tokenizer_dir: Path, seed: int = 0):
     from rewardiff.shapes.tokenizer import build_tokenizer
 
     tok = build_tokenizer(tokenizer_dir)
-    text = dict(
-        vocab_size=len(tok), hidden_size=arch.text_width, intermediate_size=arch.mlp_ratio * arch.text_width,
-        num_hidden_layers=arch.text_layers, num_attention_heads=arch.heads, max_position_embeddings=tok.model_max_length,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    vision = dict(
-        hidden_size=arch.vision_width, intermediate_size=arch.mlp_ratio * arch.vision_width, num_hidden_layers=arch.vision_layers,
-        num_attention_heads=arch.heads, image_size=IMAGE_SIZE, patch_size=arch.patch_size,
-    )
+    text, vision = clip_style_configs(arch, tok)
     torch.manual_seed(seed)
     # OWLv2's class head maps image features to the text width, so projection_dim = text width.
     model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=arch.text_width))
