@@ -100,6 +100,16 @@ def _save_state(directory: Path, tensors: dict[str, dict[str, torch.Tensor]], op
         tmp.rename(directory)
 
 
+def _load_state(directory: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> dict:
+    """Inverse of _save_state: load each module's weights and the optimiser; return state.json.
+
+    optimizer.pt is our own checkpoint, read with the weights-only loader (never a user's file)."""
+    for name, module in modules.items():
+        module.load_state_dict(load_file(str(directory / f"{name}.safetensors")))
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    return json.loads((directory / "state.json").read_text())
+
+
 def train_vae(cfg: TrainGeneratorConfig, out: Path, logger: TrainLog, progress: bool = True):
     """Stage 1; returns the trained AutoencoderKL (or the finished one on disk)."""
     from diffusers import AutoencoderKL
@@ -114,9 +124,7 @@ def train_vae(cfg: TrainGeneratorConfig, out: Path, logger: TrainLog, progress: 
     ckpt = out / "checkpoint-vae"
     start = 0
     if (ckpt / "state.json").is_file():
-        vae.load_state_dict(load_file(str(ckpt / "vae.safetensors")))
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        start = json.loads((ckpt / "state.json").read_text())["step"]
+        start = _load_state(ckpt, {"vae": vae}, opt)["step"]
     vae.train()
     bar = tqdm(range(start, cfg.vae.steps), initial=start, total=cfg.vae.steps, desc="vae", disable=not progress)
     for step in bar:

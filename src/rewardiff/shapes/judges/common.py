@@ -10,7 +10,6 @@ recipe, rewardiff.shapes.train_generator, whose logger / checkpoint writer / RNG
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -21,11 +20,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from rewardiff.shapes.prompts import PromptSpec, parse_prompt, sample_train_prompt
 from rewardiff.shapes.render import ObjectTruth, render
-from rewardiff.shapes.train_generator import _save_state, _step_rng
+from rewardiff.shapes.train_generator import _load_state, _save_state, _step_rng
 from rewardiff.train_log import TrainLog
 
 MODEL_DIR = "model"
@@ -132,9 +130,7 @@ def train_loop(name: str, model: torch.nn.Module, loss_fn: LossFn, cfg: LoopConf
     ckpt = out / CHECKPOINT_DIR
     start = 0
     if (ckpt / "state.json").is_file():
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        start = json.loads((ckpt / "state.json").read_text())["step"]
+        start = _load_state(ckpt, {"model": model}, opt)["step"]
     model.train()
     t0 = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=name, disable=not progress)
