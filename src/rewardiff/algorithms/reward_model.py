@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from rewardiff.eval.preference_accuracy import preference_accuracy
 from rewardiff.io_utils import write_json
 from rewardiff.rewards.clip import DEFAULT_CLIP
 from rewardiff.train_log import TrainLog
+from rewardiff.io_utils import write_folder_atomically
 
 BEST, STATE, CACHE = "best", "state", "cache"
 RESUME_FREE = ("out", "epochs", "device", "threads", "embed_batch", "data")
@@ -351,20 +351,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63)
 
 
-def _write_folder(directory: Path, write) -> None:
-    """Fill a temp folder with `write(tmp)`, then rename it over `directory` (never half-written)."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
@@ -441,7 +427,7 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
                     save_config(cfg, tmp / CONFIG_FILE)
                     write_json(tmp / META_FILE, {**meta, "epoch": epoch, "val_accuracy": val_acc})
 
-                _write_folder(out / BEST, write_best)
+                write_folder_atomically(out / BEST, write_best)
             state["epoch"] = epoch
             recipe = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE}
             weights, opt_state, saved = _weights(model), optimizer.state_dict(), {**state, "meta": meta, "recipe": recipe}
@@ -451,7 +437,7 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
                 torch.save(opt_state, tmp / "optimizer.pt")
                 (tmp / "state.json").write_text(json.dumps(saved))
 
-            _write_folder(state_dir, write_state)
+            write_folder_atomically(state_dir, write_state)
             logger.log("reward_model", epoch, step_key="epoch", **row)
             history.append({"epoch": epoch, **row})
             bar.set_postfix(loss=f"{loss:.4f}", val=f"{val_acc:.4f}")

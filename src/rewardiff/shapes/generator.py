@@ -9,7 +9,7 @@ from grey.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rewardiff.shapes.palette import IMAGE_SIZE
@@ -30,7 +30,6 @@ class GeneratorArch:
     text_layers: int = 2
     text_heads: int = 4
     vae_channels: tuple[int, ...] = (32, 64)  # len-1 downsamplings: 2 -> 32x32 to 16x16
-    extra: dict = field(default_factory=dict)
 
 
 def build_scheduler():

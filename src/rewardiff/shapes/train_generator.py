@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from rewardiff.io_utils import atomic_write_text
+from rewardiff.io_utils import write_folder_atomically
 from rewardiff.shapes.generator import GeneratorArch, build_pipeline, build_vae
 from rewardiff.shapes.prompts import sample_train_prompt
 from rewardiff.shapes.render import render
@@ -79,25 +79,14 @@ def rendered_batch(rng: random.Random, n: int) -> tuple[list[str], torch.Tensor]
 
 def _save_state(directory: Path, tensors: dict[str, dict[str, torch.Tensor]], optim: dict, meta: dict) -> None:
     """Write a checkpoint folder atomically: a temp folder renamed over the old one."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        import shutil
 
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for name, sd in tensors.items():
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
-    torch.save(optim, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(meta))
-    if directory.exists():
-        old = directory.with_name(directory.name + ".old")
-        directory.rename(old)
-        tmp.rename(directory)
-        import shutil
+    def write(tmp: Path) -> None:
+        for name, sd in tensors.items():
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
+        torch.save(optim, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(meta))
 
-        shutil.rmtree(old)
-    else:
-        tmp.rename(directory)
+    write_folder_atomically(directory, write)
 
 
 def _load_state(directory: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> dict:
@@ -279,18 +268,11 @@ def export_pipeline(run_dir: Path, dest: Path) -> Path:
     with torch.no_grad():
         for i, p in enumerate(params):
             p.copy_(ema_sd[f"p{i}"])
-    tmp = Path(str(dest) + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp)
     from rewardiff.models.pipeline import WORLD_MARKER
 
-    (tmp / WORLD_MARKER).write_text(json.dumps({"world": "shapes", "image_size": 32}) + "\n")
-    if dest.exists():
-        import shutil
+    def write(tmp: Path) -> None:
+        pipe.save_pretrained(tmp)
+        (tmp / WORLD_MARKER).write_text(json.dumps({"world": "shapes", "image_size": 32}) + "\n")
 
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    write_folder_atomically(dest, write)
     return dest

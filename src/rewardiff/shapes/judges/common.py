@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from rewardiff.shapes.prompts import PromptSpec, parse_prompt, sample_train_prompt
 from rewardiff.shapes.render import ObjectTruth, render
 from rewardiff.shapes.train_generator import _load_state, _save_state, _step_rng
+from rewardiff.io_utils import write_folder_atomically
 from rewardiff.train_log import TrainLog
 
 MODEL_DIR = "model"
@@ -163,13 +163,10 @@ def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_folder(dest: Path, parts: list) -> Path:
     """save_pretrained each part (model, tokenizer, processor) into dest, atomically."""
-    tmp = dest.with_name(dest.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for part in parts:
-        part.save_pretrained(tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+
+    def write(tmp: Path) -> None:
+        for part in parts:
+            part.save_pretrained(tmp)
+
+    write_folder_atomically(dest, write)
     return dest

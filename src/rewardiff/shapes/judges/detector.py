@@ -39,9 +39,9 @@ CLASS_NAMES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
 SCORE_THRESHOLD = 0.3
 """A box counts as a detection above this confidence (chosen on rendered training-prompt images)."""
 NMS_IOU = 0.3
+"""Boxes of one class overlapping more than this are the same object (objects never overlap)."""
 PRIOR_SCALE = 5.0
 """Initial logit scale: logits start in [-10, 0], confidences near sigmoid(-5) ~ 0.007."""
-"""Boxes of one class overlapping more than this are the same object (objects never overlap)."""
 
 
 @dataclass
