@@ -190,12 +190,24 @@ def write_preference_dataset(
     split); images go to DIR/image_dir/<prompt_id>_<k>.png and the index to DIR/index.jsonl.
     Each row is validated as the reader would. Returns the index path."""
     root = Path(root)
-    lines = []
+    rows = []
     for n, (pid, prompt, images, ranking, split) in enumerate(items, 1):
         rels = [f"{image_dir}/{pid}_{k}.png" for k in range(len(images))]
         row = {"prompt_id": str(pid), "prompt": prompt, "images": rels, "ranking": [int(r) for r in ranking], "split": split}
         _parse_row(row, f"item {n}", min_images, max_images)
         for rel, image in zip(rels, images):
             save_png(root / rel, np.asarray(image, dtype=np.uint8))
-        lines.append(json.dumps(row) + "\n")
-    return atomic_write_text(root / INDEX_JSONL, "".join(lines))
+        rows.append(row)
+    return write_preference_index(root, rows, min_images, max_images)
+
+
+def write_preference_index(root: str | Path, rows: Sequence[dict], min_images: int = MIN_IMAGES, max_images: int = MAX_IMAGES) -> Path:
+    """Validate rows (the layout above; images already inside `root`) and write DIR/index.jsonl
+    atomically, so a reader never sees half an index."""
+    root = Path(root)
+    for n, row in enumerate(rows, 1):
+        item = _parse_row(row, f"row {n}", min_images, max_images)
+        for k, rel in enumerate(item.images):
+            if not (root / rel).is_file():
+                raise RewardiffError(f"prompt_id {item.prompt_id!r}: image {k} not found: {root / rel}")
+    return atomic_write_text(root / INDEX_JSONL, "".join(json.dumps(row) + "\n" for row in rows))

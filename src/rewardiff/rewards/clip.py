@@ -38,7 +38,10 @@ class ClipEmbedder:
     def __init__(self, model: str = DEFAULT_CLIP, device: str | torch.device = "cpu", processor: str | None = None, dtype: torch.dtype = torch.float32):
         from transformers import CLIPModel
 
-        ref = resolve_model_ref(model, "CLIP model")
+        from rewardiff.rewards.loading import shapes_judge
+
+        # 'shapes' keeps its name in the key (cached embeddings stay valid in any clone of the repo)
+        ref = resolve_model_ref(shapes_judge(model, "clip") or model, "CLIP model")
         proc_ref = resolve_model_ref(processor, "CLIP processor") if processor else ref
         self.model = load_model(CLIPModel, ref, "CLIP model", dtype=dtype, device=device)
         self.tokenizer = load_tokenizer(proc_ref, "CLIP")

@@ -36,7 +36,7 @@ SHAPES_JUDGES = "shapes"
 
 
 def shipped_judge_dir(judge: str) -> Path:
-    """rewardiff/shapes/weights/judges/<judge> (judge: clip, captioner or detector)."""
+    """rewardiff/shapes/weights/judges/<judge> (judge: clip, captioner, detector or reward_model)."""
     return Path(__file__).resolve().parent.parent / "shapes" / "weights" / "judges" / judge
 
 

@@ -125,8 +125,12 @@ def _preference(model: str | None, device: Device) -> Reward:
     """Reward model trained by `rewardiff train-reward` (MODEL: its run folder; required)."""
     from rewardiff.rewards.preference import PreferenceReward
 
+    from rewardiff.rewards.loading import SHAPES_JUDGES, shapes_judge
+
     if model is None:
-        raise RewardiffError("reward 'preference' needs its run folder: preference@RUN_DIR (from rewardiff train-reward)")
+        raise RewardiffError("reward 'preference' needs its run folder: preference@RUN_DIR (from rewardiff train-reward), or preference@shapes")
+    if model == SHAPES_JUDGES:  # the shipped shapes reward model, trained on the synthetic preference set
+        model = str(shapes_judge(model, "reward_model"))
     return PreferenceReward.from_run(model, device)
 
 
