@@ -369,3 +369,36 @@ def test_benchmark_runs_at_one_percent():
         sys.path.pop(0)
     result = bench_reward_model.main(["--scale", "0.01", "--epochs", "2", "--threads", "1"])
     assert result["prompts"] == 89 and result["ratio"] > 1.0 and result["end_to_end_s"] > 0
+
+
+def test_pair_features_concat_and_product():
+    from rewardiff.algorithms.reward_model import feature_width, pair_features
+
+    img = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    txt = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+    assert pair_features(img, txt).tolist() == [[1.0, 2.0, 0.5, -1.0], [3.0, 4.0, 2.0, 0.0]]
+    both = pair_features(img, txt, "concat_product")
+    assert both.tolist() == [[1.0, 2.0, 0.5, -1.0, 0.5, -2.0], [3.0, 4.0, 2.0, 0.0, 6.0, 0.0]]
+    assert both[:, 4:].sum(1).tolist() == [-1.5, 6.0]  # the product block sums to the dot product
+    assert feature_width(2, 2, "concat_product") == 6 and feature_width(3, 2) == 5
+    with pytest.raises(RewardiffError, match="equal image and text widths"):
+        pair_features(torch.zeros(1, 3), torch.zeros(1, 2), "concat_product")
+    with pytest.raises(RewardiffError, match="unknown reward-model features"):
+        pair_features(img, txt, "sum")
+
+
+def test_product_features_run_scores_through_the_reward(clip_run, tmp_path):
+    """A concat_product run records its features; preference@RUN rebuilds the same input."""
+    from rewardiff.algorithms.reward_model import load_preference_model, pair_features
+    from rewardiff.rewards import build_reward
+    from rewardiff.rewards.clip import ClipEmbedder
+
+    clip, data, _, _ = clip_run
+    run = tmp_path / "prod"
+    train_reward_model(_cfg(data, run, clip=str(clip), epochs=1, features="concat_product"), progress=False)
+    model, cfg, meta = load_preference_model(run)
+    assert cfg.features == "concat_product" and meta["in_dim"] == 3 * meta["image_dim"]
+    images, prompts = torch.rand(2, 3, 32, 32), ["a red circle", "two squares"]
+    embedder = ClipEmbedder(str(clip))
+    expected = model(pair_features(embedder.embed_images(images).float(), embedder.embed_texts(prompts).float(), "concat_product"))
+    assert torch.allclose(build_reward(f"preference@{run}")(images, prompts).scores, expected, atol=1e-5)

@@ -9,7 +9,9 @@ models of Stiennon et al. 2020 / Ouyang et al. 2022):
 over every ordered non-tied pair (x_i ranked better than x_j) of a prompt's k in [4, 9] images.
 The report feeds "image and text features, combined into embeddings" to the MLP without saying
 how they are combined; we concatenate them (image first), so the input width is D_img + D_txt
-(1536 for ViT-L/14). MLP: hidden 1024, 256, 128, 32, ReLU, dropout 0.2 on the input and 0.2,
+(1536 for ViT-L/14). `features: concat_product` also appends the elementwise product
+E_img * E_txt (whose sum is CLIP's cosine): with little data the MLP then need not discover the
+image-text interaction itself (the shapes world's small preference set needs it; see README). MLP: hidden 1024, 256, 128, 32, ReLU, dropout 0.2 on the input and 0.2,
 0.1 after the first two hidden layers, linear output. Adam (0.9, 0.99, 1e-8), lr 1e-5,
 20 epochs, batch 256, best validation checkpoint kept.
 
@@ -76,8 +78,27 @@ class RewardModelConfig:
     device: str = "cpu"  # where the MLP trains (embedding uses it too)
     threads: int = 0  # torch CPU threads; 0 = torch's default
     embed_batch: int = 32  # images per CLIP call when filling the cache
+    features: str = "concat"  # MLP input: 'concat' [img, txt] (the report) or 'concat_product' [img, txt, img*txt]
     min_images: int = MIN_IMAGES  # images per prompt accepted (ImageRewardDB: 4 ..
     max_images: int = MAX_IMAGES  # .. 9)
+
+
+FEATURES = ("concat", "concat_product")
+
+
+def pair_features(image: torch.Tensor, text: torch.Tensor, kind: str = "concat") -> torch.Tensor:
+    """The MLP's input for (image, prompt) embedding rows: see `RewardModelConfig.features`."""
+    if kind == "concat":
+        return torch.cat([image, text], dim=1)
+    if kind == "concat_product":
+        if image.shape[1] != text.shape[1]:
+            raise RewardiffError(f"features 'concat_product' needs equal image and text widths, got {image.shape[1]} and {text.shape[1]}")
+        return torch.cat([image, text, image * text], dim=1)
+    raise RewardiffError(f"unknown reward-model features {kind!r}; choose one of {', '.join(FEATURES)}")
+
+
+def feature_width(image_dim: int, text_dim: int, kind: str = "concat") -> int:
+    return image_dim + text_dim + (image_dim if kind == "concat_product" else 0)
 
 
 class PreferenceMLP(nn.Module):
@@ -255,9 +276,9 @@ class PreferenceTensors:
         counts = self.pair_ptr[1:] - self.pair_ptr[:-1]
         return self.pairs_local + torch.repeat_interleave(self.group_ptr[:-1], counts)[:, None]
 
-    def features(self, emb: Embeddings, positions: torch.Tensor) -> torch.Tensor:
-        """MLP inputs of the images at `positions`: concat(image embedding, prompt embedding)."""
-        return torch.cat([emb.image[self.image_rows[positions]], emb.text[self.prompt_rows[positions]]], dim=1)
+    def features(self, emb: Embeddings, positions: torch.Tensor, kind: str = "concat") -> torch.Tensor:
+        """MLP inputs of the images at `positions` (see `pair_features`)."""
+        return pair_features(emb.image[self.image_rows[positions]], emb.text[self.prompt_rows[positions]], kind)
 
     def batches(self, batch_pairs: int, generator: torch.Generator) -> list[torch.Tensor]:
         """Shuffled prompts packed into batches of at most `batch_pairs` pairs (a prompt with
@@ -299,20 +320,20 @@ def _offsets(dataset: PreferenceDataset):
 # Training
 
 
-def grouped_step_loss(model: PreferenceMLP, emb: Embeddings, t: PreferenceTensors, groups: torch.Tensor) -> torch.Tensor:
+def grouped_step_loss(model: PreferenceMLP, emb: Embeddings, t: PreferenceTensors, groups: torch.Tensor, kind: str = "concat") -> torch.Tensor:
     """BT loss of a batch of prompts: one forward per image, pairs gathered by index."""
     positions, pairs = t.gather(groups)
-    r = model(t.features(emb, positions))
+    r = model(t.features(emb, positions, kind))
     return bradley_terry_loss(r.index_select(0, pairs[:, 0]), r.index_select(0, pairs[:, 1]))
 
 
 def run_epoch(model: PreferenceMLP, optimizer: torch.optim.Optimizer, emb: Embeddings, t: PreferenceTensors,
-              batch_pairs: int, generator: torch.Generator, bar=None) -> float:
+              batch_pairs: int, generator: torch.Generator, bar=None, kind: str = "concat") -> float:
     """One pass over the training pairs (grouped form); returns the pair-weighted mean loss."""
     model.train()
     total, count = 0.0, 0
     for step, groups in enumerate(t.batches(batch_pairs, generator)):
-        loss = grouped_step_loss(model, emb, t, groups)
+        loss = grouped_step_loss(model, emb, t, groups, kind)
         if not torch.isfinite(loss):
             raise RewardiffError(f"loss became {float(loss)} at step {step} of the epoch (learning rate too high?)")
         optimizer.zero_grad(set_to_none=True)
@@ -326,15 +347,15 @@ def run_epoch(model: PreferenceMLP, optimizer: torch.optim.Optimizer, emb: Embed
 
 
 @torch.no_grad()
-def score_split(model: PreferenceMLP, emb: Embeddings, t: PreferenceTensors, chunk: int = 8192) -> torch.Tensor:
+def score_split(model: PreferenceMLP, emb: Embeddings, t: PreferenceTensors, chunk: int = 8192, kind: str = "concat") -> torch.Tensor:
     """Reward of every image of the split (eval mode), (N,)."""
     model.eval()
     n = len(t.image_rows)
-    return torch.cat([model(t.features(emb, torch.arange(s, min(s + chunk, n)))) for s in range(0, n, chunk)]) if n else torch.zeros(0)
+    return torch.cat([model(t.features(emb, torch.arange(s, min(s + chunk, n)), kind)) for s in range(0, n, chunk)]) if n else torch.zeros(0)
 
 
-def split_accuracy(model: PreferenceMLP, emb: Embeddings, t: PreferenceTensors) -> float:
-    return preference_accuracy(score_split(model, emb, t).cpu(), t.global_pairs())
+def split_accuracy(model: PreferenceMLP, emb: Embeddings, t: PreferenceTensors, kind: str = "concat") -> float:
+    return preference_accuracy(score_split(model, emb, t, kind=kind).cpu(), t.global_pairs())
 
 
 def make_optimizer(model: nn.Module, cfg: RewardModelConfig) -> torch.optim.Optimizer:
@@ -384,8 +405,8 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     emb = Embeddings(emb.image.to(device), emb.text.to(device))
-    in_dim = emb.image.shape[1] + emb.text.shape[1]
-    meta = {"in_dim": in_dim, "image_dim": emb.image.shape[1], "text_dim": emb.text.shape[1], "embedder": embedder_key}
+    in_dim = feature_width(emb.image.shape[1], emb.text.shape[1], cfg.features)
+    meta = {"features": cfg.features, "in_dim": in_dim, "image_dim": emb.image.shape[1], "text_dim": emb.text.shape[1], "embedder": embedder_key}
 
     torch.manual_seed(cfg.seed)
     model = PreferenceMLP(in_dim, cfg.hidden, cfg.dropout).to(device)
@@ -415,8 +436,8 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
             e0 = time.time()
             seed = _epoch_seed(cfg.seed, epoch)
             torch.manual_seed(seed)  # dropout masks
-            loss = run_epoch(model, optimizer, emb, train, cfg.batch_pairs, torch.Generator().manual_seed(seed), bar)
-            val_acc = split_accuracy(model, emb, val)
+            loss = run_epoch(model, optimizer, emb, train, cfg.batch_pairs, torch.Generator().manual_seed(seed), bar, cfg.features)
+            val_acc = split_accuracy(model, emb, val, cfg.features)
             row = {"train_loss": loss, "val_accuracy": val_acc, "seconds": time.time() - e0}
             if val_acc > state["best_val_accuracy"]:
                 state.update(best_val_accuracy=val_acc, best_epoch=epoch)
@@ -447,7 +468,7 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
 
     best = PreferenceMLP(in_dim, cfg.hidden, cfg.dropout).to(device)
     best.load_state_dict(load_file(str(out / BEST / WEIGHTS_FILE), device=str(device)))
-    test_acc = split_accuracy(best, emb, test) if test is not None and test.num_pairs else None
+    test_acc = split_accuracy(best, emb, test, cfg.features) if test is not None and test.num_pairs else None
     write_json(out / "metrics.json", {"best_epoch": state["best_epoch"], "best_val_accuracy": state["best_val_accuracy"],
                                       "test_accuracy": test_acc, "train_pairs": train.num_pairs, "val_pairs": val.num_pairs,
                                       "test_pairs": test.num_pairs if test is not None else 0})
@@ -510,6 +531,6 @@ def load_preference_model(path: str | Path, device: str | torch.device = "cpu") 
 
 __all__ = [
     "Embedder", "EmbeddingCache", "Embeddings", "PreferenceMLP", "PreferenceTensors", "RewardModelConfig", "TrainResult",
-    "bradley_terry_loss", "fit", "grouped_step_loss", "load_preference_model", "make_optimizer", "run_epoch", "score_split",
+    "bradley_terry_loss", "feature_width", "fit", "pair_features", "grouped_step_loss", "load_preference_model", "make_optimizer", "run_epoch", "score_split",
     "split_accuracy", "train_reward_model",
 ]

@@ -1,6 +1,6 @@
 """`preference@RUN`: the reward model trained by `rewardiff train-reward` (algorithms/reward_model.py).
 
-    score = MLP(concat(E_img(image), E_txt(prompt)))
+    score = MLP(concat(E_img(image), E_txt(prompt)))     (or [.., .., E_img * E_txt], see `features`)
 
 E is the same frozen CLIP the model was trained on (recorded as `clip` in the run's config.yaml),
 so images are embedded exactly as when the cache was filled. The score is differentiable in the
@@ -26,8 +26,9 @@ class PreferenceReward(Reward):
 
     name = "preference"
 
-    def __init__(self, model: torch.nn.Module, embedder, device: str | torch.device = "cpu", differentiable: bool = True):
+    def __init__(self, model: torch.nn.Module, embedder, device: str | torch.device = "cpu", differentiable: bool = True, features: str = "concat"):
         super().__init__(device)
+        self.features = features  # how embeddings become the MLP input (RewardModelConfig.features)
         self.model = model.to(self.device)
         self.embedder = embedder
         self.differentiable = differentiable
@@ -44,7 +45,7 @@ class PreferenceReward(Reward):
             embedder = ClipEmbedder(cfg.clip, device=device)
             if meta.get("embedder") and meta["embedder"] != embedder.key:
                 raise RewardiffError(f"{run}: trained on embeddings of {meta['embedder']!r}, but its config names CLIP {cfg.clip!r}")
-        return cls(model, embedder, device, differentiable=True)
+        return cls(model, embedder, device, differentiable=True, features=cfg.features)
 
     def modules(self) -> list[torch.nn.Module]:
         inner = getattr(self.embedder, "model", None)
@@ -53,7 +54,9 @@ class PreferenceReward(Reward):
     def score(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         image_emb = self.embedder.embed_images(images).float()
         text_emb = self.embedder.embed_texts(prompts).float().to(image_emb.device)
-        x = torch.cat([image_emb, text_emb], dim=1)
+        from rewardiff.algorithms.reward_model import pair_features
+
+        x = pair_features(image_emb, text_emb, self.features)
         if x.shape[1] != self.model.in_dim:
             raise RewardiffError(f"reward 'preference': embeddings of width {x.shape[1]}, the model expects {self.model.in_dim}")
         return RewardOutput(self.model(x))

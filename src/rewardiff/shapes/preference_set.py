@@ -28,15 +28,15 @@ REPORT = "labeller_report.json"
 class ShapesPreferenceConfig:
     out: str = "runs/shapes-preference"  # dataset folder (index.jsonl + gen/k*/images)
     model: str = "shapes"  # generator whose images are ranked
-    prompts_per_category: dict[str, int] = field(default_factory=lambda: {"single": 10, "pair": 90, "counting": 36, "position": 110})  # training prompts drawn per category (capped at what exists)
+    prompts_per_category: dict[str, int] = field(default_factory=lambda: {"single": 10, "pair": 168, "counting": 36, "position": 300})  # training prompts drawn per category (capped at what exists)
     min_images: int = MIN_IMAGES  # k is drawn uniformly in [min_images, max_images] per prompt
     max_images: int = MAX_IMAGES
     seed: int = 1000  # prompt/k draw; image j of a prompt uses seed + j (disjoint from eval seeds 0-3)
-    validation_fraction: float = 0.1  # share of prompts (by hash of the text) in the validation split
-    test_fraction: float = 0.15  # share of prompts in the test split
+    validation_fraction: float = 0.2  # share of prompts (by hash of the text) in the validation split
+    test_fraction: float = 0.2  # share of prompts in the test split
     batch_size: int = 64  # images per pipeline call
     device: str = "cpu"
-    sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(steps=20))  # 20 DDIM steps: cheaper, same model
+    sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(steps=12))  # 12 DDIM steps: cheap, same model, a wider spread of quality
     labeller: LabellerConfig = field(default_factory=LabellerConfig)
 
 
@@ -54,13 +54,14 @@ def choose_prompts(cfg: ShapesPreferenceConfig) -> list[tuple[str, int]]:
     unknown = set(cfg.prompts_per_category) - set(CATEGORIES)
     if unknown:
         raise RewardiffError(f"prompts_per_category: unknown categories {sorted(unknown)}; known: {', '.join(CATEGORIES)}")
-    rng = random.Random(cfg.seed)
     chosen = []
     for category in CATEGORIES:
         train, _ = split_prompts(category)
-        n = min(cfg.prompts_per_category.get(category, 0), len(train))
-        chosen += rng.sample(train, n)
-    return [(p, rng.randint(cfg.min_images, cfg.max_images)) for p in chosen]
+        rng = random.Random(f"{cfg.seed}:{category}")
+        order = rng.sample(train, len(train))  # asking for more prompts extends the same draw
+        for prompt in order[: cfg.prompts_per_category.get(category, 0)]:
+            chosen.append((prompt, rng.randint(cfg.min_images, cfg.max_images)))
+    return chosen
 
 
 def build_shapes_preference_set(cfg: ShapesPreferenceConfig, pipe=None, progress: bool = True) -> Path:
