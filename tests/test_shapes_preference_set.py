@@ -97,3 +97,20 @@ def test_build_small_set_end_to_end(tmp_path):
     first = list(read_jsonl(index))
     build_shapes_preference_set(cfg, progress=False)
     assert list(read_jsonl(index)) == first
+
+
+def test_shipped_reward_model_prefers_the_image_of_its_prompt():
+    import torch
+
+    from rewardiff.rewards import build_reward
+
+    reward = build_reward("preference@shapes")
+    assert reward.differentiable and reward.features == "concat_product"
+    pairs = [("two red squares", "a blue circle"), ("a green triangle", "three yellow circles"),
+             ("a purple circle and a blue square", "a red triangle")]
+    wins = 0
+    for prompt, other in pairs:
+        images = torch.stack([torch.from_numpy(render(p, 0).image).permute(2, 0, 1).float() / 255 for p in (prompt, other)])
+        scores = reward(images, [prompt, prompt]).scores
+        wins += int(scores[0] > scores[1])
+    assert wins == len(pairs)

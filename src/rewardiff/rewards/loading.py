@@ -47,7 +47,10 @@ def shapes_judge(model: str | None, judge: str) -> str | None:
     if model != SHAPES_JUDGES:
         return model
     path = shipped_judge_dir(judge)
-    if not (path / "config.json").is_file():
+    if judge == "reward_model":
+        if not (path / "model.safetensors").is_file():
+            raise RewardiffError(f"the shipped shapes reward model is missing at {path}; train it with configs/reward_model_shapes.yaml and copy RUN/best there")
+    elif not (path / "config.json").is_file():
         raise RewardiffError(f"the shipped shapes {judge} judge is missing at {path}; run 'rewardiff shapes train-judges' and copy OUT/{judge}/model there")
     return str(path)
 
