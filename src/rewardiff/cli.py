@@ -74,6 +74,58 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_refl(args: argparse.Namespace) -> int:
+    from rewardiff.algorithms.refl import ReFLConfig, train_refl
+    from rewardiff.models.pipeline import load_pipeline
+    from rewardiff.rewards.registry import build_rewards
+
+    cfg = _load(ReFLConfig, args, {"out": args.out, "reward": args.reward or None, "seed": args.seed, "device": args.device})
+    pipe, _ = load_pipeline(cfg.model, device=cfg.device)
+    path = train_refl(cfg, pipe, build_rewards(cfg.reward, device=cfg.device))
+    print(f"LoRA written to {path}")
+    return 0
+
+
+def _cmd_train_ddpo(args: argparse.Namespace) -> int:
+    from rewardiff.algorithms.ddpo import DDPOConfig, train_ddpo
+    from rewardiff.models.pipeline import load_pipeline, resolve_dtype
+    from rewardiff.rewards.registry import build_rewards
+
+    cfg = _load(DDPOConfig, args, {"out": args.out, "target": args.target, "reward": args.reward or None,
+                                   "seed": args.seed, "device": args.device})
+    pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device))
+    result = train_ddpo(cfg, pipe, build_rewards(cfg.reward, device=cfg.device))
+    print(f"LoRA written to {result.lora} ({result.cpu_minutes:.1f} CPU-minutes)")
+    return 0
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from rewardiff.models.lora import fuse_loras, parse_lora_spec
+
+    out = fuse_loras([parse_lora_spec(s) for s in args.loras], args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_self_reward(args: argparse.Namespace) -> int:
+    from rewardiff.loop.self_reward import SelfRewardConfig, run_self_reward, summary_markdown
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    cfg = _load(SelfRewardConfig, args, {"out": args.out, "rounds": args.rounds, "classes": classes, "model": args.model})
+    summary = run_self_reward(cfg)
+    print(summary_markdown(summary))
+    return 0
+
+
+def _cmd_eval_winrate(args: argparse.Namespace) -> int:
+    from rewardiff.eval.winrate import RESULT_JSON, RESULT_MD, evaluate_winrate
+
+    result, out = evaluate_winrate(args.base, args.tuned, args.reward, out=args.out, device=args.device)
+    print(result.markdown())
+    print(f"\nwrote {out / RESULT_JSON} and {out / RESULT_MD}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rewardiff.demo import DemoConfig, run_demo
 
@@ -113,6 +165,15 @@ def _cmd_eval_judges(args: argparse.Namespace) -> int:
     result, out = evaluate_judges(args.judges, args.out, generated=args.generated, per_prompt=args.per_prompt)
     print(markdown(result["rendered_heldout"], result["oracle_agreement"]))
     print(f"\nwrote {out / 'judges_eval.json'} and {out / 'judges_eval.md'}")
+    return 0
+
+
+def _cmd_make_preference_set(args: argparse.Namespace) -> int:
+    from rewardiff.shapes.preference_set import REPORT, ShapesPreferenceConfig, build_shapes_preference_set
+
+    cfg = _load(ShapesPreferenceConfig, args, {"out": args.out, "device": args.device})
+    index = build_shapes_preference_set(cfg)
+    print(f"wrote {index} and {index.parent / REPORT}")
     return 0
 
 
@@ -157,12 +218,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for scores.jsonl (default: beside the metadata)")
     p.set_defaults(func=_cmd_score)
 
+    p = sub.add_parser("train", help="reward fine-tuning of a LoRA (ReFL, DDPO / TexForce)")
+    tsub = p.add_subparsers(dest="train_command", required=True)
+    # one sibling per algorithm: t = tsub.add_parser(NAME, ...); its flags; _add_config_args(t); t.set_defaults(func=...)
+    t = tsub.add_parser("refl", help="ReFL + KL: backprop a differentiable reward through one late step into a U-Net LoRA (resumable)")
+    t.add_argument("--reward", action="append", metavar="NAME[@MODEL][:WEIGHT]", help="differentiable reward spec, repeatable (replaces the preset's)")
+    t.add_argument("--out", help="run directory (lora.safetensors, checkpoint/, train_log.jsonl)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="cpu, cuda, ...")
+    _add_config_args(t)
+    t.set_defaults(func=_cmd_train_refl)
+    t = tsub.add_parser("ddpo", help="DDPO / TexForce: PPO on a LoRA of the U-Net, the text encoder or both, any reward (resumable)")
+    t.add_argument("--target", choices=["unet", "text_encoder", "both"], help="unet (DDPO), text_encoder (TexForce), both (joint)")
+    t.add_argument("--reward", action="append", metavar="NAME[@MODEL][:WEIGHT]", help="reward spec, repeatable (replaces the preset's)")
+    t.add_argument("--out", help="run directory (lora.safetensors, checkpoint/, train_log.jsonl, summary.json)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="cpu, cuda, ...")
+    _add_config_args(t)
+    t.set_defaults(func=_cmd_train_ddpo)
+
+    p = sub.add_parser("fuse", help="fuse LoRA files by weighted sums into one diffusers LoRA file (no training)")
+    p.add_argument("loras", nargs="+", metavar="FILE[:WEIGHT]", help="LoRA safetensors with weights, e.g. refl.safetensors:0.7 texforce.safetensors:1.0")
+    p.add_argument("--out", required=True, help="fused .safetensors file")
+    p.set_defaults(func=_cmd_fuse)
+
     p = sub.add_parser("eval", help="evaluate a generated set")
     esub = p.add_subparsers(dest="eval_command", required=True)
     e = esub.add_parser("oracle", help="shapes world: per-category pass rates by the exact oracle")
     e.add_argument("metadata", help="metadata.jsonl (or its folder)")
     e.add_argument("--out", help="where to write oracle_eval.{json,md} (default: beside the metadata)")
     e.set_defaults(func=_cmd_eval_oracle)
+    e = esub.add_parser("winrate", help="tuned vs base win rate by CLIP score per (prompt, seed), tie if |d| <= 0.01 (CCSR Fig. 3)")
+    e.add_argument("--base", required=True, help="base model's metadata.jsonl (or folder)")
+    e.add_argument("--tuned", required=True, help="tuned model's metadata.jsonl (same prompts and seeds)")
+    e.add_argument("--reward", help="reward spec (default clip@shapes for shapes images, else clip)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--out", help="where to write winrate.{json,md} (default TUNED_DIR/winrate)")
+    e.set_defaults(func=_cmd_eval_winrate)
     e = esub.add_parser("preference", help="preference accuracy of rewards on a ranked set (the report's Table 1)")
     e.add_argument("--data", required=True, help="preference dataset folder (index.jsonl + images)")
     e.add_argument("--reward", action="append", required=True, metavar="NAME[@MODEL]",
@@ -174,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--min-images", type=int, help="fewest images per prompt accepted (default 4, as ImageRewardDB)")
     e.add_argument("--max-images", type=int, help="most images per prompt accepted (default 9)")
     e.set_defaults(func=_cmd_eval_preference)
+
+    p = sub.add_parser("self-reward", help="the CCSR loop in rounds: write prompts -> candidates -> judge -> select -> LoRA (resumable)")
+    p.add_argument("--classes", help="comma-separated classes the prompts must name (e.g. circle,triangle)")
+    p.add_argument("--rounds", type=int, help="number of rounds")
+    p.add_argument("--model", help="generator: 'shapes', a pipeline folder or a hub id")
+    p.add_argument("--out", help="run directory (default runs/self-reward)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_self_reward)
 
     p = sub.add_parser("train-reward", help="train the preference reward model (CLIP embeddings + MLP, Bradley-Terry; resumable)")
     p.add_argument("--data", help="preference dataset folder (index.jsonl + images)")
@@ -206,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-prompt", type=int, default=4, help="rendered images per held-out prompt")
     s.add_argument("--out", required=True, help="where to write judges_eval.{json,md}")
     s.set_defaults(func=_cmd_eval_judges)
+    s = ssub.add_parser("make-preference-set", help="base-generator images ranked by a simulated noisy rater (ImageRewardDB layout; resumable)")
+    s.add_argument("--out", help="dataset folder (default runs/shapes-preference)")
+    s.add_argument("--device", help="cpu, cuda, ...")
+    _add_config_args(s)
+    s.set_defaults(func=_cmd_make_preference_set)
     s = ssub.add_parser("render", help="render ground-truth images for prompts (metadata.jsonl layout)")
     s.add_argument("--prompts", default="shapes:heldout")
     s.add_argument("--num-images", type=int, default=4)

@@ -1,4 +1,5 @@
-"""LoRA files as users name them ('file.safetensors:0.7') and their application at inference.
+"""LoRA files as users name them ('file.safetensors:0.7'), their application at inference, and
+their weighted fusion into one file (`fuse_loras`).
 
 Loading goes through diffusers' `load_lora_weights` (the diffusers LoRA format), so what
 rewardiff writes is what any diffusers user can open, and vice versa.
@@ -8,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rewardiff.errors import RewardiffError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -92,3 +97,202 @@ def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None)
     path.parent.mkdir(parents=True, exist_ok=True)
     cls.save_lora_weights(str(path.parent), weight_name=path.name, safe_serialization=True, **layers)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Fusion: several LoRA files -> one, by weighted sums of their deltas, without training.
+#
+# A LoRA adds delta_W = s * B @ A to a layer (A: (r, in), B: (out, r), s = alpha / r, or 1 when
+# the file carries no alpha: the diffusers/peft convention). The weighted sum of n LoRAs on one
+# layer, sum_i w_i * s_i * B_i @ A_i, is itself a LoRA of rank sum_i r_i:
+#     A = cat_i(A_i) (rows),  B = cat_i(w_i * s_i * B_i) (columns),  scale 1,
+# so concatenating ranks is exact (no SVD truncation) and the result stays a standard LoRA file.
+# Layers only one file adapts (a text-encoder LoRA + a U-Net LoRA) are copied, weighted.
+# ---------------------------------------------------------------------------------------------
+
+LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+"""Key prefixes of a diffusers pipeline LoRA file (what `save_lora_weights` writes)."""
+
+_PAIR_SUFFIXES = (
+    (".lora.down.weight", ".lora.up.weight"),  # diffusers U-Net keys (save_lora)
+    (".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight"),  # diffusers text-encoder keys
+    (".lora_A.weight", ".lora_B.weight"),  # peft keys (also accepted by load_lora_weights)
+)
+_ALPHA_SUFFIX = ".alpha"  # per-layer network alpha (kohya-style, also found in older diffusers files)
+_OUT_SUFFIXES = {"unet": _PAIR_SUFFIXES[0], "text_encoder": _PAIR_SUFFIXES[1], "text_encoder_2": _PAIR_SUFFIXES[1]}
+"""Written suffixes: the ones `save_lora` (diffusers' convert_state_dict_to_diffusers) writes."""
+
+
+@dataclass
+class LoraLayer:
+    """One adapted layer of a LoRA file: delta_W = scale * up @ down."""
+
+    down: torch.Tensor  # A: (r, in) or (r, in, kh, kw) for convolutions
+    up: torch.Tensor  # B: (out, r) or (out, r, 1, 1)
+    scale: float  # alpha / r (alpha / sqrt(r) with rsLoRA); 1.0 when the file has no alpha
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def delta(self) -> torch.Tensor:
+        """The dense weight update this layer adds (for tests and inspection)."""
+        return self.scale * (self.up.flatten(1) @ self.down.flatten(1)).reshape(self.up.shape[0], *self.down.shape[1:])
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RewardiffError(f"LoRA {path}: not a readable safetensors file ({e})") from None
+
+
+def _metadata_scale(meta: dict | None, component: str, module: str, rank: int) -> float | None:
+    """alpha / r from diffusers' `lora_adapter_metadata` (LoraConfig fields prefixed by component)."""
+    import math
+    import re
+
+    if not meta or f"{component}.lora_alpha" not in meta:
+        return None
+    alpha = float(meta[f"{component}.lora_alpha"])
+    for pattern, value in (meta.get(f"{component}.alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):  # peft's get_pattern_key rule
+            alpha = float(value)
+            break
+    return alpha / (math.sqrt(rank) if meta.get(f"{component}.use_rslora") else rank)
+
+
+def read_lora_layers(path: str | Path) -> dict[str, LoraLayer]:
+    """A diffusers-format LoRA file -> {'unet.<module>' | 'text_encoder.<module>': LoraLayer}.
+
+    Kohya/A1111 files (lora_unet_* keys) are converted with diffusers' own converter first.
+    """
+    import json
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise RewardiffError(f"LoRA file not found: {path}")
+    if path.suffix != ".safetensors":
+        raise RewardiffError(f"LoRA {path}: only .safetensors LoRA files are accepted (no pickles)")
+    tensors, file_meta = _read_safetensors(path)
+    if not tensors:
+        raise RewardiffError(f"LoRA {path}: the file holds no tensors")
+    alphas: dict[str, float] = {}
+    if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in tensors):
+        from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
+
+        try:
+            tensors, network_alphas = _convert_non_diffusers_lora_to_diffusers(dict(tensors))
+        except Exception as e:
+            raise RewardiffError(f"LoRA {path}: cannot convert this kohya-format file ({type(e).__name__}: {e})") from None
+        alphas = {k[: -len(_ALPHA_SUFFIX)]: float(v) for k, v in (network_alphas or {}).items()}
+    try:
+        meta = json.loads(file_meta["lora_adapter_metadata"]) if "lora_adapter_metadata" in file_meta else None
+    except json.JSONDecodeError:
+        raise RewardiffError(f"LoRA {path}: its lora_adapter_metadata is not valid JSON") from None
+
+    downs: dict[str, torch.Tensor] = {}
+    ups: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        if key.endswith(_ALPHA_SUFFIX):
+            alphas[key[: -len(_ALPHA_SUFFIX)]] = float(value.float().reshape(-1)[0])
+            continue
+        for down_suffix, up_suffix in _PAIR_SUFFIXES:
+            if key.endswith(down_suffix):
+                downs[key[: -len(down_suffix)]] = value
+                break
+            if key.endswith(up_suffix):
+                ups[key[: -len(up_suffix)]] = value
+                break
+        else:
+            raise RewardiffError(f"LoRA {path}: unsupported key {key!r} (only plain LoRA down/up weights and alphas; no DoRA, biases or LoKr)")
+    layers: dict[str, LoraLayer] = {}
+    for module in sorted(set(downs) | set(ups)):
+        component = module.split(".", 1)[0]
+        if component not in LORA_COMPONENTS:
+            raise RewardiffError(f"LoRA {path}: layer {module!r} does not start with one of {LORA_COMPONENTS} (not a diffusers pipeline LoRA file)")
+        if module not in downs or module not in ups:
+            raise RewardiffError(f"LoRA {path}: layer {module!r} has only its {'up' if module in ups else 'down'} weight")
+        down, up = downs[module].float(), ups[module].float()
+        if down.dim() < 2 or up.dim() < 2 or up.shape[1] != down.shape[0]:
+            raise RewardiffError(f"LoRA {path}: layer {module!r} has inconsistent shapes down {tuple(down.shape)} / up {tuple(up.shape)}")
+        rank = int(down.shape[0])
+        if module in alphas:
+            scale = alphas[module] / rank
+        else:
+            inner = module.split(".", 1)[1]
+            scale = _metadata_scale(meta, component, inner, rank)
+            scale = 1.0 if scale is None else scale
+        layers[module] = LoraLayer(down, up, scale)
+    return layers
+
+
+def fuse_lora_layers(parts: list[tuple[str, float, dict[str, LoraLayer]]]) -> dict[str, LoraLayer]:
+    """Weighted sum of several files' layers by rank concatenation (exact; see the section note).
+
+    `parts`: (name for messages, weight, layers). Every component's layers are zero-padded to one
+    rank, so the output needs no rank/alpha patterns and loads alike in every diffusers version.
+    """
+    import torch
+
+    fused: dict[str, LoraLayer] = {}
+    modules = sorted({m for _, _, layers in parts for m in layers})
+    for module in modules:
+        present = [(name, w, layers[module]) for name, w, layers in parts if module in layers]
+        first_name, _, first = present[0]
+        for name, _, layer in present[1:]:
+            if layer.down.shape[1:] != first.down.shape[1:] or layer.up.shape[0] != first.up.shape[0] or layer.up.shape[2:] != first.up.shape[2:]:
+                raise RewardiffError(
+                    f"cannot fuse layer {module!r}: {first_name} has in/out shape {tuple(first.down.shape[1:])}/{first.up.shape[0]} "
+                    f"but {name} has {tuple(layer.down.shape[1:])}/{layer.up.shape[0]} (LoRAs of different models?)")
+        down = torch.cat([layer.down for _, _, layer in present], dim=0)
+        up = torch.cat([w * layer.scale * layer.up for _, w, layer in present], dim=1)
+        fused[module] = LoraLayer(down, up, 1.0)
+    for component in LORA_COMPONENTS:
+        names = [m for m in fused if m.split(".", 1)[0] == component]
+        top = max((fused[m].rank for m in names), default=0)
+        for m in names:
+            layer = fused[m]
+            pad = top - layer.rank
+            if pad:
+                down = torch.cat([layer.down, layer.down.new_zeros(pad, *layer.down.shape[1:])], dim=0)
+                up = torch.cat([layer.up, layer.up.new_zeros(layer.up.shape[0], pad, *layer.up.shape[2:])], dim=1)
+                fused[m] = LoraLayer(down, up, 1.0)
+    return fused
+
+
+def lora_state_dict(layers: dict[str, LoraLayer]) -> dict:
+    """Scale-1 layers -> the diffusers-format tensors `save_lora` writes (no alpha keys needed)."""
+    out = {}
+    for module, layer in layers.items():
+        if layer.scale != 1.0:
+            raise ValueError(f"layer {module}: fold the scale into `up` before writing")
+        down_suffix, up_suffix = _OUT_SUFFIXES[module.split(".", 1)[0]]
+        out[module + down_suffix] = layer.down.contiguous()
+        out[module + up_suffix] = layer.up.contiguous()
+    return out
+
+
+def fuse_loras(specs: list[LoraSpec], out: str | Path) -> Path:
+    """Write one diffusers LoRA file whose delta on every layer is sum_i w_i * s_i * B_i A_i.
+
+    TexForce's "ReFL + TexForce" fusion: a U-Net LoRA and a text-encoder LoRA trained apart merge
+    into one file; LoRAs on the same layers add. No training; loads with `load_lora_weights`.
+    """
+    from safetensors.torch import save
+
+    from rewardiff.io_utils import atomic_write_bytes
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise RewardiffError(f"fused LoRA output must be a .safetensors file, got {out}")
+    if not specs:
+        raise RewardiffError("fuse needs at least one LoRA file (FILE[:WEIGHT] ...)")
+    parts = [(str(s.path), float(s.scale), read_lora_layers(s.path)) for s in specs]
+    fused = fuse_lora_layers(parts)
+    return atomic_write_bytes(out, save(lora_state_dict(fused), metadata={"format": "pt"}))

@@ -33,7 +33,7 @@ class CaptionerArch(TinyTransformerArch):
 @dataclass
 class CaptionerJudgeConfig:
     arch: CaptionerArch = field(default_factory=CaptionerArch)
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=700, batch_size=64, lr=1e-3))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=150))
 
 
 def write_wordpiece_vocab(directory: Path) -> Path:

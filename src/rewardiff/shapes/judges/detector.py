@@ -52,7 +52,7 @@ class DetectorArch(TinyTransformerArch):
 @dataclass
 class DetectorJudgeConfig:
     arch: DetectorArch = field(default_factory=DetectorArch)
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=700, batch_size=32, lr=1e-3))
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3000, batch_size=32, lr=1e-3, warmup_steps=150))
     focal_alpha: float = 0.25  # weight of positives in the focal loss
     focal_gamma: float = 2.0  # focusing exponent
     box_weight: float = 5.0  # L1 box loss weight (DETR's)

@@ -1,0 +1,252 @@
+"""ReFL with a KL penalty (Xu et al. 2023 "ImageReward", sec. 4; the Quyen report, eq. 5).
+
+Reward feedback learning backpropagates a differentiable reward through ONE late denoising step:
+
+1. sample T DDIM steps under no_grad, stopping at a random step t among the last `last_k`
+   (the report: t in [30, 40) of T = 40; only the last step is "very unstable");
+2. run step t with grad through the LoRA U-Net: x_0 predicted at t -> VAE decode (with grad) ->
+   reward r (must be differentiable);
+3. minimise  L = -alpha * r + beta * KL(p_theta(x_{t-1} | x_t, z) || p_pre(x_{t-1} | x_t, z)),
+   the KL in closed form between two Gaussians with the same sigma_t (the DDIM step of the LoRA
+   model and of the frozen model = the same U-Net with its adapters disabled, under no_grad).
+
+The pipeline and the reward are injected (the CLI builds them); only a U-Net LoRA is trained.
+Every random choice of optimiser step s (prompts, image seeds, t) comes from an RNG seeded by
+(seed, s, micro-batch), so a run killed after a checkpoint resumes to bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rewardiff.errors import RewardiffError
+from rewardiff.rewards.base import Reward
+
+LORA_FILE = "lora.safetensors"
+CHECKPOINT = "checkpoint"
+RESUME_FREE_FIELDS = ("train_steps", "save_every", "out", "threads", "device")
+"""Config fields a resumed run may change; any other difference means another run."""
+
+
+@dataclass
+class ReFLConfig:
+    model: str = "shapes"  # generator the CLI loads: 'shapes', a pipeline folder or a hub id
+    reward: list[str] = field(default_factory=lambda: ["clip@shapes"])  # reward specs NAME[@MODEL][:WEIGHT], summed; all differentiable
+    prompts: str = "shapes:train"  # prompt source: file, 'shapes:train', or a literal prompt
+    steps: int = 40  # T: DDIM steps of the sampling chain
+    last_k: int = 10  # the grad step t is drawn uniformly from the last `last_k` steps of T
+    eta: float = 0.0  # DDIM noise weight of the no-grad prefix (0 = the chain evaluation samples)
+    kl_eta: float = 1.0  # sigma_t of the step distributions the KL compares, as a DDIM eta (> 0)
+    alpha: float = 1.0  # reward weight in the loss (per reward unit)
+    beta: float = 0.01  # KL weight in the loss (per nat)
+    lr: float = 1e-4  # AdamW learning rate of the LoRA parameters
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    max_grad_norm: float = 1.0  # gradient clipping (L2 norm over LoRA parameters); 0 = off
+    lora_rank: int = 4  # rank of the U-Net LoRA (alpha = rank: scale 1)
+    batch_size: int = 4  # images (prompts) per micro-batch
+    grad_accum: int = 1  # micro-batches per optimiser step
+    train_steps: int = 100  # optimiser steps
+    guidance: float = 5.0  # classifier-free guidance scale
+    guidance_rescale: float = 0.0  # Lin et al. 2023 rescale (shapes generator: 0.7)
+    gradient_checkpointing: bool = False  # recompute U-Net activations in backward (memory for time)
+    seed: int = 0  # seeds the LoRA init and every step's prompts, image noise and t
+    save_every: int = 10  # optimiser steps between checkpoints (and at the end)
+    out: str = "runs/refl"  # run directory: lora.safetensors, checkpoint/, train_log.jsonl, config.yaml
+    device: str = "cpu"  # cpu, cuda, ...
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+def refl_loss(reward: torch.Tensor, kl: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """Batch mean of -alpha * r + beta * KL (the report's eq. 5); both inputs (B,).
+
+    >>> refl_loss(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 1.5]), alpha=2.0, beta=0.1)
+    tensor(-3.9000)
+    """
+    if reward.shape != kl.shape:
+        raise ValueError(f"reward {tuple(reward.shape)} and kl {tuple(kl.shape)} must have the same shape")
+    return (-alpha * reward + beta * kl).mean()
+
+
+def check_differentiable(reward: Reward) -> None:
+    """ReFL backpropagates through the reward: refuse one that cannot, naming it."""
+    if reward.differentiable:
+        return
+    parts = getattr(reward, "parts", None)
+    names = [key for key, r, _ in parts if not r.differentiable] if parts else [reward.name]
+    raise RewardiffError(f"ReFL needs a differentiable reward; {', '.join(repr(n) for n in names)} is not "
+                         "(use DDPO/TexForce for non-differentiable rewards: rewardiff train ddpo)")
+
+
+def _check_config(cfg: ReFLConfig) -> None:
+    if cfg.steps < 1 or not 1 <= cfg.last_k <= cfg.steps:
+        raise RewardiffError(f"need steps >= 1 and 1 <= last_k <= steps, got steps={cfg.steps}, last_k={cfg.last_k}")
+    if cfg.kl_eta <= 0:
+        raise RewardiffError(f"kl_eta must be > 0 (the KL of two point masses is undefined), got {cfg.kl_eta}")
+    for name in ("batch_size", "grad_accum", "train_steps", "save_every", "lora_rank"):
+        if getattr(cfg, name) < 1:
+            raise RewardiffError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+@contextlib.contextmanager
+def adapters_disabled(unet):
+    """The frozen pre-trained model: the same U-Net with its LoRA switched off."""
+    unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.enable_adapters()
+
+
+@dataclass
+class MicroBatch:
+    """Everything random about one micro-batch, drawn from its own seeded RNG."""
+
+    prompts: list[str]
+    seeds: list[int]  # per-image initial-noise seeds
+    stop: int  # index (0-based) of the grad step among the T steps
+
+    @classmethod
+    def draw(cls, cfg: ReFLConfig, prompts: list[str], step: int, micro: int) -> "MicroBatch":
+        rng = random.Random(f"refl:{cfg.seed}:{step}:{micro}")
+        return cls([rng.choice(prompts) for _ in range(cfg.batch_size)],
+                   [rng.getrandbits(31) for _ in range(cfg.batch_size)],
+                   cfg.steps - cfg.last_k + rng.randrange(cfg.last_k))
+
+
+@dataclass
+class StepStats:
+    reward: float  # mean reward of the micro-batches
+    kl: float  # mean KL (nats per image)
+    loss: float  # mean loss
+
+
+def refl_micro_batch(cfg: ReFLConfig, pipe, reward: Reward, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, reward, kl) of one micro-batch; the loss carries the graph into the LoRA U-Net."""
+    from rewardiff.diffusion import (
+        ddim_step_with_logprob, decode_latents, gaussian_kl, guided_model_output, sample_trajectories,
+    )
+
+    unet = pipe.unet
+    with torch.no_grad():
+        traj = sample_trajectories(pipe, batch.prompts, seeds=batch.seeds, steps=cfg.steps, guidance=cfg.guidance,
+                                   guidance_rescale=cfg.guidance_rescale, eta=cfg.eta, stop_at_step=batch.stop, decode=False)
+    x_t = traj.latents[:, -1]
+    t = pipe.scheduler.timesteps[batch.stop]
+    cond, uncond = traj.prompt_embeds, traj.negative_prompt_embeds
+    # the step's own sample is not used (only its mean and x_0), so it is drawn from a fixed generator
+    gen = torch.Generator(device=x_t.device).manual_seed(0)
+    out = guided_model_output(unet, x_t, t, cond, uncond, cfg.guidance, cfg.guidance_rescale)
+    step = ddim_step_with_logprob(pipe.scheduler, out, t, x_t, eta=cfg.kl_eta, generator=gen)
+    with torch.no_grad(), adapters_disabled(unet):
+        out_pre = guided_model_output(unet, x_t, t, cond, uncond, cfg.guidance, cfg.guidance_rescale)
+        mean_pre = ddim_step_with_logprob(pipe.scheduler, out_pre, t, x_t, eta=cfg.kl_eta, generator=gen).mean
+    kl = gaussian_kl(step.mean, mean_pre, step.std)
+    images = decode_latents(pipe, step.pred_original_sample)
+    r = reward(images, batch.prompts).scores.to(kl.device)
+    return refl_loss(r, kl, cfg.alpha, cfg.beta), r.detach(), kl.detach()
+
+
+def _lora_parameters(unet) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in unet.named_parameters() if "lora_" in n}
+
+
+def _save_checkpoint(directory: Path, unet, optimizer: torch.optim.Optimizer, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    from rewardiff.io_utils import write_folder_atomically
+
+    def write(tmp: Path) -> None:
+        save_file({n: p.detach().contiguous() for n, p in _lora_parameters(unet).items()}, str(tmp / "lora_params.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
+        (tmp / "state.json").write_text(json.dumps(meta))
+
+    write_folder_atomically(directory, write)
+
+
+def _load_checkpoint(directory: Path, unet, optimizer: torch.optim.Optimizer, cfg: ReFLConfig) -> int:
+    """Restore LoRA, optimiser and RNG state; returns the number of optimiser steps done."""
+    from safetensors.torch import load_file
+
+    from rewardiff.config import to_dict
+
+    meta = json.loads((directory / "state.json").read_text())
+    now = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE_FIELDS}
+    then = {k: v for k, v in meta["config"].items() if k not in RESUME_FREE_FIELDS}
+    diffs = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    if diffs:
+        k = diffs[0]
+        raise RewardiffError(f"{directory.parent} holds another ReFL run ({k}: {then.get(k)!r} there, {now.get(k)!r} now); choose another --out")
+    params = _lora_parameters(unet)
+    with torch.no_grad():
+        for name, value in load_file(str(directory / "lora_params.safetensors")).items():
+            params[name].copy_(value)
+    state = torch.load(directory / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(meta["step"])
+
+
+def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> Path:
+    """Train a U-Net LoRA by ReFL + KL; resumes from OUT/checkpoint. Returns OUT/lora.safetensors."""
+    from tqdm.auto import tqdm
+
+    from rewardiff.config import save_config, to_dict
+    from rewardiff.diffusion import ensure_ddim
+    from rewardiff.generation import read_prompts
+    from rewardiff.models.lora import add_lora, save_lora
+    from rewardiff.train_log import TrainLog
+
+    _check_config(cfg)
+    check_differentiable(reward)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    prompts = read_prompts(cfg.prompts)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_ddim(pipe)
+
+    unet = pipe.unet
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        add_lora(unet, rank=cfg.lora_rank)
+    params = list(_lora_parameters(unet).values())
+    for p in params:
+        p.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    ckpt = out / CHECKPOINT
+    start = _load_checkpoint(ckpt, unet, optimizer, cfg) if (ckpt / "state.json").is_file() else 0
+    save_config(cfg, out / "config.yaml")
+    log = TrainLog(out)
+    bar = tqdm(total=cfg.train_steps, initial=min(start, cfg.train_steps), desc="refl", unit="step", disable=not progress)
+    for step in range(start, cfg.train_steps):
+        rewards, kls, losses = [], [], []
+        for micro in range(cfg.grad_accum):
+            batch = MicroBatch.draw(cfg, prompts, step, micro)
+            loss, r, kl = refl_micro_batch(cfg, pipe, reward, batch)
+            (loss / cfg.grad_accum).backward()
+            rewards.append(r.mean().item())
+            kls.append(kl.mean().item())
+            losses.append(loss.item())
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        stats = StepStats(sum(rewards) / len(rewards), sum(kls) / len(kls), sum(losses) / len(losses))
+        log.log("refl", step + 1, reward=stats.reward, kl=stats.kl, loss=stats.loss)
+        bar.update(1)
+        bar.set_postfix(reward=f"{stats.reward:.3f}", kl=f"{stats.kl:.3g}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.train_steps:
+            _save_checkpoint(ckpt, unet, optimizer, {"step": step + 1, "config": to_dict(cfg)})
+    bar.close()
+    log.close()
+    tmp = save_lora(out / f".{LORA_FILE}.tmp.safetensors", unet=unet)
+    return tmp.replace(out / LORA_FILE)  # atomic: a kill never leaves a half-written LoRA

@@ -1,0 +1,1 @@
+"""Multi-round training loops (the CCSR self-rewarding rounds)."""

@@ -1,0 +1,347 @@
+"""The CCSR self-rewarding loop, in rounds (`rewardiff self-reward`).
+
+Round k (folder RUN/round_k):
+  1. prompts      a writer conditioned on the classes -> prompts.txt (+ prompts.json: counts of
+                  written / rejected lines by reason)
+  2. candidates   N images per prompt through `run_generation` (the code of `rewardiff generate`;
+                  seeds recorded), with round k-1's LoRA (round 1: the base model)
+  3. judge        captioner + detector (+ CLIP) -> judgements.jsonl, selected.jsonl (best per
+                  prompt), pairs.jsonl (best vs worst), judge.json (counts)
+  4. train        LoRA SFT on the selected set, or Diffusion-DPO on the pairs, starting from round
+                  k-1's LoRA -> train/lora/lora.safetensors (the model of round k)
+  5. evaluate     held-out prompts at each LoRA scale: images, oracle table (shapes world;
+                  EVALUATION ONLY, never fed back), CLIP win rate against the base, and the
+                  judge's own mean score (to see a round where the judge rises and the oracle falls)
+RUN/base_eval holds the base model's evaluation; RUN/summary.{json,md} and RUN/plots/*.png the
+per-round tables. Every phase writes its outputs atomically and its last file marks it done, so a
+killed run started again continues where it stopped without redoing finished work.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rewardiff.algorithms.sft import SFTConfig, TrainExample, train_lora
+from rewardiff.errors import RewardiffError
+from rewardiff.generation import METADATA, GenerateConfig, SamplingSettings, load_metadata, run_generation
+from rewardiff.io_utils import atomic_write_text, load_image, read_jsonl, write_json
+from rewardiff.judges.prompt_writer import PromptWriterConfig, build_writer, shapes_validator, write_prompts
+from rewardiff.judges.self_judge import JudgeConfig, SelfJudge, judge_rows, mean_components, select
+
+
+@dataclass
+class EvalSettings:
+    prompts: str = "shapes:heldout"  # held-out prompts the loop never writes
+    num_images: int = 4  # fixed seeds per prompt (seed .. seed + num_images - 1)
+    seed: int = 0
+    scales: list[float] = field(default_factory=lambda: [0.4, 0.7, 1.0])  # LoRA scales evaluated after the last round (the paper: 0.4, 0.7)
+    round_scales: list[float] = field(default_factory=lambda: [1.0])  # LoRA scales evaluated after the other rounds
+    winrate_reward: str = "clip@shapes"  # reward of the win rate ('' = skip)
+    oracle: bool = True  # shapes world: the oracle's per-category table (evaluation only)
+    judge: bool = True  # the self-judge's mean score on the evaluation images
+    base_dir: str = ""  # folder of the base model's evaluation ('' = RUN/base_eval); the demo shares its own
+
+
+@dataclass
+class SelfRewardConfig:
+    model: str = "shapes"  # generator: 'shapes', a pipeline folder or a hub id
+    classes: list[str] = field(default_factory=lambda: ["circle", "square", "triangle"])  # conditioned classes
+    rounds: int = 2  # self-reward rounds
+    prompts_per_round: int = 64  # valid prompts asked of the writer per round
+    candidates: int = 10  # images per prompt (the paper: 10)
+    seed: int = 0  # seeds prompts, candidates (round k: seed + 1000 k) and training
+    generation_scale: float = 1.0  # LoRA scale of round k's model when it generates round k+1's candidates
+    batch_size: int = 64  # images per pipeline call
+    device: str = "cpu"
+    out: str = "runs/self-reward"
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    writer: PromptWriterConfig = field(default_factory=PromptWriterConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    train: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+class _Stop(Exception):
+    """Raised by `stop_after` (tests simulate a kill between phases)."""
+
+
+@dataclass
+class _Context:
+    cfg: SelfRewardConfig
+    run: Path
+    progress: bool
+    judge: SelfJudge | None = None
+    scorer: object | None = None
+
+    def self_judge(self) -> SelfJudge:
+        if self.judge is None:
+            self.judge = SelfJudge(self.cfg.judge, device=self.cfg.device)
+        return self.judge
+
+
+def _say(text: str) -> None:
+    print(f"[self-reward] {text}", flush=True)
+
+
+def _timed(record: dict, name: str):
+    """Context manager adding wall and CPU seconds of a phase to `record`."""
+
+    class _T:
+        def __enter__(self):
+            self.w, self.c = time.perf_counter(), time.process_time()
+
+        def __exit__(self, *exc):
+            record[name] = {"wall_s": round(time.perf_counter() - self.w, 1), "cpu_s": round(time.process_time() - self.c, 1)}
+
+    return _T()
+
+
+def _gen(ctx: _Context, prompts: str, num_images: int, seed: int, out: Path, lora: str | None) -> Path:
+    cfg = ctx.cfg
+    gen = GenerateConfig(model=cfg.model, prompts=prompts, num_images=num_images, seed=seed, batch_size=cfg.batch_size,
+                         out=str(out), loras=[lora] if lora else [], device=cfg.device, sampling=cfg.sampling)
+    return run_generation(gen, progress=ctx.progress)
+
+
+# ---- phases ------------------------------------------------------------------------------------
+
+
+def phase_prompts(ctx: _Context, k: int, folder: Path) -> list[str]:
+    done = folder / "prompts.json"
+    if done.is_file():
+        return json.loads(done.read_text())["prompts"]
+    cfg = ctx.cfg
+    validate = None
+    from rewardiff.models.pipeline import resolve_model
+
+    if resolve_model(cfg.model).is_shapes:
+        from rewardiff.shapes.prompts import CATEGORIES, split_prompts
+
+        validate = shapes_validator({p for c in CATEGORIES for p in split_prompts(c)[1]})
+    parsed = write_prompts(build_writer(cfg.writer), list(cfg.classes), cfg.prompts_per_round, cfg.seed * 100 + k, cfg.writer, validate)
+    if not parsed.prompts:
+        raise RewardiffError(f"round {k}: the prompt writer produced no valid prompt for classes {cfg.classes} (rejected: {dict(parsed.rejected)})")
+    atomic_write_text(folder / "prompts.txt", "\n".join(parsed.prompts) + "\n")
+    write_json(done, {"classes": list(cfg.classes), "written": len(parsed.prompts), "rejected": dict(parsed.rejected), "prompts": parsed.prompts})
+    _say(f"round {k}: prompts written {len(parsed.prompts)}, rejected {parsed.num_rejected} {dict(parsed.rejected)}")
+    return parsed.prompts
+
+
+def phase_judge(ctx: _Context, k: int, folder: Path, meta: Path) -> dict:
+    done = folder / "judge.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    rows, root = load_metadata(meta)
+    judged = judge_rows(ctx.self_judge(), rows, root, ctx.cfg.judge.batch_size, ctx.progress, desc=f"judge r{k}")
+    selected, pairs = select(judged, ctx.cfg.judge.keep_per_prompt, ctx.cfg.judge.min_pair_gap)
+    for name, items in (("judgements", judged), ("selected", selected), ("pairs", pairs)):
+        atomic_write_text(folder / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in items))
+    summary = {"candidates": len(judged), "kept": sum(j["kept"] for j in judged), "selected": len(selected), "pairs": len(pairs),
+               "candidates_mean": mean_components(judged), "selected_mean": mean_components(selected)}
+    write_json(done, summary)
+    _say(f"round {k}: candidates {len(judged)}, kept by thresholds {summary['kept']}, selected {len(selected)}, pairs {len(pairs)}; "
+         f"judged score mean {summary['candidates_mean'].get('score', 0):.3f} -> selected {summary['selected_mean'].get('score', 0):.3f}")
+    return summary
+
+
+def phase_train(ctx: _Context, k: int, folder: Path, root: Path, prev_lora: str | None) -> str:
+    from rewardiff.models.pipeline import load_pipeline, resolve_dtype
+
+    cfg = ctx.cfg
+    final = folder / "train" / "lora" / "lora.safetensors"
+    if final.is_file():
+        return str(final)
+    if cfg.train.loss == "dpo":
+        pairs = list(read_jsonl(folder / "pairs.jsonl"))
+        examples = [TrainExample(p["prompt"], load_image(root / p["chosen"]), load_image(root / p["rejected"])) for p in pairs]
+    else:
+        examples = [TrainExample(s["prompt"], load_image(root / s["image"])) for s in read_jsonl(folder / "selected.jsonl")]
+    pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype("float32", cfg.device))
+    train = SFTConfig(**{**asdict(cfg.train), "seed": cfg.train.seed + k})
+    return str(train_lora(pipe, examples, train, folder / "train", init_lora=prev_lora, progress=ctx.progress))
+
+
+def evaluate_model(ctx: _Context, folder: Path, lora: str | None, base_meta: Path | None) -> dict:
+    """Generate the evaluation set (with `lora`, 'path:scale'), then oracle table, win rate vs
+    base and the judge's mean score; FOLDER/eval.json marks it done."""
+    done = folder / "eval.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    cfg, ev = ctx.cfg, ctx.cfg.eval
+    meta = _gen(ctx, ev.prompts, ev.num_images, ev.seed, folder, lora)
+    result: dict = {"lora": lora, "metadata": str(meta)}
+    if ev.oracle:
+        from rewardiff.eval.oracle_eval import evaluate_with_oracle  # evaluation only
+
+        rep, _ = evaluate_with_oracle(meta)
+        result["oracle"] = rep.to_dict()
+    if ev.judge:
+        rows, root = load_metadata(meta)
+        result["judge"] = mean_components(judge_rows(ctx.self_judge(), rows, root, cfg.judge.batch_size, ctx.progress, desc="judge eval"))
+    if ev.winrate_reward and base_meta is not None:
+        from rewardiff.eval.winrate import evaluate_winrate
+        from rewardiff.rewards.registry import build_rewards
+
+        if ctx.scorer is None:
+            ctx.scorer = build_rewards([ev.winrate_reward], device=cfg.device)
+        wr, _ = evaluate_winrate(base_meta, meta, ev.winrate_reward, out=folder / "winrate", device=cfg.device, progress=ctx.progress, scorer=ctx.scorer)
+        result["winrate"] = wr.to_dict()
+    write_json(done, result)
+    return result
+
+
+def _base_dir(cfg: SelfRewardConfig) -> Path:
+    return Path(cfg.eval.base_dir) if cfg.eval.base_dir else Path(cfg.out) / "base_eval"
+
+
+def _scale_name(scale: float) -> str:
+    return f"scale_{scale:g}"
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: str | None = None) -> dict:
+    """Run (or resume) every round; returns the summary. `stop_after` 'K:PHASE' stops after that
+    phase of round K (PHASE: prompts, candidates, judge, train, eval), as a kill would."""
+    from rewardiff.config import save_config
+
+    if cfg.rounds < 1 or cfg.candidates < 1 or cfg.prompts_per_round < 1:
+        raise RewardiffError("rounds, candidates and prompts_per_round must be at least 1")
+    if cfg.candidates < 2 and cfg.train.loss == "dpo":
+        raise RewardiffError("DPO needs at least 2 candidates per prompt (best vs worst)")
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run / "config.yaml")
+    ctx = _Context(cfg, run, progress)
+    timings_path = run / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+
+    def stop(k: int, phase: str) -> None:
+        write_json(timings_path, timings)
+        if stop_after == f"{k}:{phase}":
+            raise _Stop(f"stopped after round {k} {phase}")
+
+    def base_meta() -> Path:
+        """The base model's evaluation, made the first time a round is evaluated."""
+        if not (_base_dir(cfg) / "eval.json").is_file():
+            _say("evaluating the base model")
+        with _timed(timings, "base_eval") if "base_eval" not in timings else _NoTimer():
+            evaluate_model(ctx, _base_dir(cfg), None, None)
+        return _base_dir(cfg) / METADATA  # not the path recorded in eval.json: a run folder may be moved
+
+    prev_lora: str | None = None
+    try:
+        for k in range(1, cfg.rounds + 1):
+            folder = run / f"round_{k}"
+            folder.mkdir(exist_ok=True)
+            t = timings.setdefault(f"round_{k}", {})
+            with _timed(t, "prompts") if "prompts" not in t else _NoTimer():
+                phase_prompts(ctx, k, folder)
+            stop(k, "prompts")
+            with _timed(t, "candidates") if "candidates" not in t else _NoTimer():
+                lora = f"{prev_lora}:{cfg.generation_scale:g}" if prev_lora else None
+                meta = _gen(ctx, str(folder / "prompts.txt"), cfg.candidates, cfg.seed + 1000 * k, folder / "candidates", lora)
+            stop(k, "candidates")
+            with _timed(t, "judge") if "judge" not in t else _NoTimer():
+                phase_judge(ctx, k, folder, meta)
+            stop(k, "judge")
+            with _timed(t, "train") if "train" not in t else _NoTimer():
+                prev_lora = phase_train(ctx, k, folder, meta.parent, prev_lora)
+            stop(k, "train")
+            scales = cfg.eval.scales if k == cfg.rounds else cfg.eval.round_scales
+            if scales:
+                with _timed(t, "eval") if "eval" not in t else _NoTimer():
+                    for scale in scales:
+                        _say(f"round {k}: evaluating at LoRA scale {scale:g}")
+                        evaluate_model(ctx, folder / "eval" / _scale_name(scale), f"{prev_lora}:{scale:g}", base_meta())
+            stop(k, "eval")
+    except _Stop as e:
+        _say(str(e))
+        return {}
+    write_json(timings_path, timings)
+    summary = summarize(run, cfg)
+    _say(f"summary: {run / 'summary.md'}")
+    return summary
+
+
+class _NoTimer:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---- tables and plots --------------------------------------------------------------------------
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summarize(run: Path, cfg: SelfRewardConfig) -> dict:
+    """RUN/summary.json + summary.md (per round, per scale: oracle, win rate, judge) + plots."""
+    from rewardiff.eval.plots import bar_plot, line_plot
+
+    base = _read(_base_dir(cfg) / "eval.json")
+    rounds = []
+    for k in range(1, cfg.rounds + 1):
+        folder = run / f"round_{k}"
+        entry = {"round": k, "prompts": _read(folder / "prompts.json") or {}, "judge": _read(folder / "judge.json") or {}, "eval": {}}
+        entry["prompts"] = {key: v for key, v in entry["prompts"].items() if key != "prompts"}
+        for scale in dict.fromkeys([*cfg.eval.round_scales, *cfg.eval.scales]):
+            ev = _read(folder / "eval" / _scale_name(scale) / "eval.json")
+            if ev:
+                entry["eval"][f"{scale:g}"] = ev
+        rounds.append(entry)
+    timings = _read(run / "timings.json") or {}
+    summary = {"base": base, "rounds": rounds, "timings": timings}
+    write_json(run / "summary.json", summary)
+    atomic_write_text(run / "summary.md", summary_markdown(summary) + "\n")
+    series: dict[str, list[float]] = {}
+    if base and "oracle" in base:
+        for scale in dict.fromkeys([*cfg.eval.round_scales, *cfg.eval.scales]):
+            vals = [base["oracle"]["overall"]] + [r["eval"].get(f"{scale:g}", {}).get("oracle", {}).get("overall", float("nan")) for r in rounds]
+            series[f"oracle @{scale:g}"] = vals
+    if series:
+        line_plot(series, run / "plots" / "rounds.png", "held-out oracle overall per round (round 0 = base)", "round", "oracle overall")
+    if base and "judge" in base:
+        judged = {f"judge @{s:g}": [base["judge"]["score"]] + [r["eval"].get(f"{s:g}", {}).get("judge", {}).get("score", float("nan")) for r in rounds]
+                  for s in dict.fromkeys([*cfg.eval.round_scales, *cfg.eval.scales])}
+        line_plot(judged, run / "plots" / "judge_rounds.png", "held-out mean judged score per round (round 0 = base)", "round", "judged score")
+    last = rounds[-1]["eval"] if rounds else {}
+    bars = {f"scale {s}": {"win": ev["winrate"]["wins"], "tie": ev["winrate"]["ties"], "loss": ev["winrate"]["losses"]} for s, ev in last.items() if "winrate" in ev}
+    if bars:
+        bar_plot(bars, run / "plots" / "winrate.png", f"round {len(rounds)} vs base: CLIP-score wins / ties / losses", "pairs")
+    return summary
+
+
+def _cat_cells(oracle: dict | None) -> list[str]:
+    if not oracle:
+        return ["-"] * 5
+    cats = oracle.get("categories", {})
+    return [f"{cats[c]['rate']:.3f}" if c in cats else "-" for c in ("single", "pair", "counting", "position")] + [f"**{oracle['overall']:.3f}**"]
+
+
+def summary_markdown(summary: dict) -> str:
+    base = summary["base"]
+    lines = ["| model | LoRA scale | single | pair | counting | position | overall | judge score | CLIP win rate [95% CI] (W/T/L) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    if base:
+        lines.append("| base | - | " + " | ".join(_cat_cells(base.get("oracle"))) + f" | {base.get('judge', {}).get('score', float('nan')):.3f} | - |")
+    for r in summary["rounds"]:
+        for scale, ev in r["eval"].items():
+            wr = ev.get("winrate")
+            wcell = f"{wr['win_rate']:.3f} [{wr['ci_low']:.3f}, {wr['ci_high']:.3f}] ({wr['wins']}/{wr['ties']}/{wr['losses']})" if wr else "-"
+            lines.append(f"| round {r['round']} | {scale} | " + " | ".join(_cat_cells(ev.get("oracle"))) + f" | {ev.get('judge', {}).get('score', float('nan')):.3f} | {wcell} |")
+    lines += ["", "| round | prompts written | rejected | candidates | kept | selected | pairs | judged score (all -> selected) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in summary["rounds"]:
+        p, j = r["prompts"], r["judge"]
+        if j:
+            lines.append(f"| {r['round']} | {p.get('written', '-')} | {sum(p.get('rejected', {}).values())} | {j['candidates']} | {j['kept']} | {j['selected']} | {j['pairs']} | "
+                         f"{j['candidates_mean'].get('score', 0):.3f} -> {j['selected_mean'].get('score', 0):.3f} |")
+    return "\n".join(lines)
