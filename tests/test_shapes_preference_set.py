@@ -114,3 +114,11 @@ def test_shipped_reward_model_prefers_the_image_of_its_prompt():
         scores = reward(images, [prompt, prompt]).scores
         wins += int(scores[0] > scores[1])
     assert wins == len(pairs)
+
+
+def test_pixels_doctests():
+    import doctest
+
+    from rewardiff.shapes import pixels
+
+    assert doctest.testmod(pixels).attempted == 2 and doctest.testmod(pixels).failed == 0

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rewardiff.shapes.palette import BACKGROUND, COLORS
+from rewardiff.shapes.pixels import connected_components
 from rewardiff.shapes.prompts import parse_prompt
 
 _COLOR_NAMES = list(COLORS)
@@ -69,24 +70,11 @@ def _colour_map(image: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.nda
 
 def _blobs(mask: np.ndarray) -> list[tuple[int, float]]:
     """4-connected blobs of a boolean mask: (pixels, fill ratio of the bounding box)."""
-    seen = np.zeros_like(mask, dtype=bool)
-    h, w = mask.shape
     out = []
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if seen[y0, x0]:
-            continue
-        stack, ys, xs = [(y0, x0)], [], []
-        seen[y0, x0] = True
-        while stack:
-            y, x = stack.pop()
-            ys.append(y)
-            xs.append(x)
-            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-        box = (max(ys) - min(ys) + 1) * (max(xs) - min(xs) + 1)
-        out.append((len(ys), len(ys) / box))
+    for pix in connected_components(mask, connectivity=4):
+        ys, xs = pix[:, 0], pix[:, 1]
+        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        out.append((len(pix), len(pix) / box))
     return out
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rewardiff.shapes.palette import BACKGROUND, COLORS, POSITION_MARGIN_PX
+from rewardiff.shapes.pixels import connected_components
 from rewardiff.shapes.prompts import CATEGORIES, PromptSpec, parse_prompt
 
 COLOR_CUTOFF = 90.0
@@ -70,29 +71,6 @@ def classify_pixels(image: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _components(mask: np.ndarray) -> list[np.ndarray]:
-    """8-connected components of a boolean mask, each as an (N, 2) array of (y, x)."""
-    seen = np.zeros_like(mask, dtype=bool)
-    h, w = mask.shape
-    comps = []
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if seen[y0, x0]:
-            continue
-        stack, pix = [(y0, x0)], []
-        seen[y0, x0] = True
-        while stack:
-            y, x = stack.pop()
-            pix.append((y, x))
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    ny, nx = y + dy, x + dx
-                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
-                        seen[ny, nx] = True
-                        stack.append((ny, nx))
-        comps.append(np.array(pix))
-    return comps
-
-
 def classify_shape(comp_mask: np.ndarray) -> str | None:
     """Shape of a component given its (h, w) mask cropped to its box, or None."""
     h, w = comp_mask.shape
@@ -116,7 +94,7 @@ def detect_objects(image: np.ndarray) -> list[DetectedObject]:
     labels = classify_pixels(image)
     found = []
     for idx, color in enumerate(_PALETTE_NAMES[1:], start=1):
-        for pix in _components(labels == idx):
+        for pix in connected_components(labels == idx, connectivity=8):
             if len(pix) < MIN_COMPONENT_PIXELS:
                 continue
             y0, x0 = pix.min(0)
