@@ -18,13 +18,13 @@ Every random choice of optimiser step s (prompts, image seeds, t) comes from an 
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from rewardiff.algorithms.lora_checkpoint import load_lora_state, lora_parameters, read_lora_meta, save_lora_state
 from rewardiff.errors import RewardiffError
 from rewardiff.rewards.base import Reward
 
@@ -152,43 +152,19 @@ def refl_micro_batch(cfg: ReFLConfig, pipe, reward: Reward, batch: MicroBatch) -
     return refl_loss(r, kl, cfg.alpha, cfg.beta), r.detach(), kl.detach()
 
 
-def _lora_parameters(unet) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in unet.named_parameters() if "lora_" in n}
-
-
-def _save_checkpoint(directory: Path, unet, optimizer: torch.optim.Optimizer, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    from rewardiff.io_utils import write_folder_atomically
-
-    def write(tmp: Path) -> None:
-        save_file({n: p.detach().contiguous() for n, p in _lora_parameters(unet).items()}, str(tmp / "lora_params.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "state.pt")
-        (tmp / "state.json").write_text(json.dumps(meta))
-
-    write_folder_atomically(directory, write)
-
-
 def _load_checkpoint(directory: Path, unet, optimizer: torch.optim.Optimizer, cfg: ReFLConfig) -> int:
     """Restore LoRA, optimiser and RNG state; returns the number of optimiser steps done."""
-    from safetensors.torch import load_file
-
     from rewardiff.config import to_dict
 
-    meta = json.loads((directory / "state.json").read_text())
+    meta = read_lora_meta(directory)
     now = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE_FIELDS}
     then = {k: v for k, v in meta["config"].items() if k not in RESUME_FREE_FIELDS}
     diffs = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
     if diffs:
         k = diffs[0]
         raise RewardiffError(f"{directory.parent} holds another ReFL run ({k}: {then.get(k)!r} there, {now.get(k)!r} now); choose another --out")
-    params = _lora_parameters(unet)
-    with torch.no_grad():
-        for name, value in load_file(str(directory / "lora_params.safetensors")).items():
-            params[name].copy_(value)
-    state = torch.load(directory / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
+    meta, extra = load_lora_state(directory, {"unet": unet}, optimizer)
+    torch.set_rng_state(extra["torch_rng"])
     return int(meta["step"])
 
 
@@ -215,7 +191,7 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         add_lora(unet, rank=cfg.lora_rank)
-    params = list(_lora_parameters(unet).values())
+    params = list(lora_parameters({"unet": unet}).values())
     for p in params:
         p.requires_grad_(True)
     if cfg.gradient_checkpointing:
@@ -223,7 +199,7 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     ckpt = out / CHECKPOINT
-    start = _load_checkpoint(ckpt, unet, optimizer, cfg) if (ckpt / "state.json").is_file() else 0
+    start = _load_checkpoint(ckpt, unet, optimizer, cfg) if read_lora_meta(ckpt) is not None else 0
     save_config(cfg, out / "config.yaml")
     log = TrainLog(out)
     bar = tqdm(total=cfg.train_steps, initial=min(start, cfg.train_steps), desc="refl", unit="step", disable=not progress)
@@ -245,7 +221,8 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
         bar.update(1)
         bar.set_postfix(reward=f"{stats.reward:.3f}", kl=f"{stats.kl:.3g}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.train_steps:
-            _save_checkpoint(ckpt, unet, optimizer, {"step": step + 1, "config": to_dict(cfg)})
+            save_lora_state(ckpt, {"unet": unet}, optimizer, {"step": step + 1, "config": to_dict(cfg)},
+                            extra={"torch_rng": torch.get_rng_state()})
     bar.close()
     log.close()
     tmp = save_lora(out / f".{LORA_FILE}.tmp.safetensors", unet=unet)

@@ -20,7 +20,6 @@ weights, optimiser, step) is written atomically every `checkpoint_every` steps.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
 from rewardiff.errors import RewardiffError
 
 CHECKPOINT = "checkpoint"
@@ -106,37 +106,16 @@ def _trainable(module) -> list[torch.nn.Parameter]:
     return params
 
 
-def _lora_state(modules: dict) -> dict[str, torch.Tensor]:
-    return {f"{m}::{n}": p.detach().clone() for m, mod in modules.items() for n, p in mod.named_parameters() if "lora_" in n}
-
-
 def _save_checkpoint(out: Path, modules: dict, optimizer, step: int) -> None:
-    from safetensors.torch import save_file
-
-    from rewardiff.io_utils import write_folder_atomically
-
-    def write(tmp: Path) -> None:
-        save_file(_lora_state(modules), str(tmp / "lora_params.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step}))
-
-    write_folder_atomically(out / CHECKPOINT, write)
+    save_lora_state(out / CHECKPOINT, modules, optimizer, {"step": step})
 
 
 def _load_checkpoint(out: Path, modules: dict, optimizer) -> int:
-    from safetensors.torch import load_file
-
-    ck = out / CHECKPOINT
-    if not (ck / "state.json").is_file():
+    """Steps already done (0 without a checkpoint); restores the LoRA tensors and the optimiser."""
+    if read_lora_meta(out / CHECKPOINT) is None:
         return 0
-    state = load_file(str(ck / "lora_params.safetensors"))
-    with torch.no_grad():
-        for m, mod in modules.items():
-            for n, p in mod.named_parameters():
-                if f"{m}::{n}" in state:
-                    p.copy_(state[f"{m}::{n}"])
-    optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=True))
-    return int(json.loads((ck / "state.json").read_text())["step"])
+    meta, _ = load_lora_state(out / CHECKPOINT, modules, optimizer)
+    return int(meta["step"])
 
 
 def prepare_lora(pipe, cfg: SFTConfig, init_lora: str | Path | None = None) -> dict:
