@@ -6,6 +6,7 @@ from safetensors.torch import load_file
 
 from rewardiff.algorithms import ddpo as D  # noqa: N812
 from rewardiff.algorithms.ddpo import DDPOConfig, ppo_loss, train_ddpo
+from rewardiff.algorithms.lora_checkpoint import LORA_PARAMS
 from rewardiff.cli import build_parser
 from rewardiff.errors import RewardiffError
 from rewardiff.models.pipeline import load_pipeline
@@ -41,7 +42,7 @@ def _cfg(tiny_sd_dir, out, **kw) -> DDPOConfig:
 
 
 def _lora(path):
-    return load_file(str(path / "checkpoint" / "lora_state.safetensors"))
+    return load_file(str(path / "checkpoint" / LORA_PARAMS))
 
 
 class _KilledAt(Reward):
@@ -66,7 +67,7 @@ def test_resume_after_a_stop_or_a_kill_ends_with_identical_weights(tiny_sd_dir, 
 
     straight = train_ddpo(_cfg(tiny_sd_dir, tmp_path / "a"), pipe(), JpegIncompressibility(), progress=False)
     ref = _lora(tmp_path / "a")
-    assert any(k.startswith("text_encoder.") for k in ref) and any(k.startswith("unet.") for k in ref)
+    assert any(k.startswith("text_encoder::") for k in ref) and any(k.startswith("unet::") for k in ref)
     assert any(v.abs().sum() > 0 for k, v in ref.items() if "lora_B" in k)  # it trained
 
     # stop after 2 epochs, then rerun asking for 3

@@ -54,3 +54,21 @@ def test_lora_of_wrong_shape_is_a_clear_error(tiny_sdxl_dir, lora_file):
     pipe, _ = load_pipeline(str(tiny_sdxl_dir))
     with pytest.raises(RewardiffError, match="cannot load LoRA"):
         apply_loras(pipe, [LoraSpec(str(lora_file), 1.0)])
+
+
+def test_alpha_other_than_rank_survives_save_and_load(tiny_sd_dir, tmp_path):
+    """A LoRA trained with alpha != rank (scale alpha / r) must load back at the same strength."""
+    pipe, _ = load_pipeline(str(tiny_sd_dir))
+    add_lora(pipe.unet, rank=2, alpha=8.0)  # scale 4
+    add_lora(pipe.text_encoder, rank=2, alpha=1.0)  # scale 0.5
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in list(pipe.unet.named_parameters()) + list(pipe.text_encoder.named_parameters()):
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    trained = sample_images(pipe, ["a red circle"], [0], SMALL)
+    path = save_lora(tmp_path / "alpha.safetensors", unet=pipe.unet, text_encoder=pipe.text_encoder)
+
+    loaded, _ = load_pipeline(str(tiny_sd_dir))
+    apply_loras(loaded, [LoraSpec(str(path), 1.0)])
+    np.testing.assert_allclose(sample_images(loaded, ["a red circle"], [0], SMALL).astype(int), trained.astype(int), atol=1)

@@ -28,10 +28,6 @@ def _randomise_b(*modules) -> None:
 @pytest.fixture(scope="module")
 def loras(tiny_sd_dir, tmp_path_factory):
     """A: U-Net (4 targets) + text encoder, rank 2, no alpha. B: U-Net only, to_q/to_v, rank 3, alpha 6."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
     d = tmp_path_factory.mktemp("loras")
     torch.manual_seed(0)
     pipe, _ = load_pipeline(str(tiny_sd_dir))
@@ -43,11 +39,7 @@ def loras(tiny_sd_dir, tmp_path_factory):
     pipe, _ = load_pipeline(str(tiny_sd_dir))
     add_lora(pipe.unet, rank=B_RANK, alpha=B_ALPHA, targets=("to_q", "to_v"))
     _randomise_b(pipe.unet)
-    StableDiffusionPipeline.save_lora_weights(
-        str(d), weight_name="b.safetensors", safe_serialization=True,
-        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
-        unet_lora_adapter_metadata=pipe.unet.peft_config["default"].to_dict(),
-    )
+    save_lora(d / "b.safetensors", unet=pipe.unet)  # alpha travels in diffusers' adapter metadata
     # the closed form, straight from the peft modules that made file B
     expected_b = {}
     for name, module in pipe.unet.named_modules():

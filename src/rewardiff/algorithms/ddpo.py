@@ -48,10 +48,11 @@ import numpy as np
 import torch
 
 from rewardiff.algorithms.advantages import MODES, PerPromptStatTracker, compute_advantages
+from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
 from rewardiff.config import save_config, to_dict
 from rewardiff.diffusion import ddim_step_with_logprob, encode_prompts, guided_model_output, sample_trajectories
 from rewardiff.errors import RewardiffError
-from rewardiff.io_utils import atomic_write_text, read_jsonl, write_folder_atomically, write_json
+from rewardiff.io_utils import atomic_write_text, read_jsonl, write_json
 
 TARGETS = ("unet", "text_encoder", "both")
 CHECKPOINT = "checkpoint"
@@ -207,16 +208,6 @@ class Policy:
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.named.values())
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach().clone().contiguous() for k, p in self.named.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if set(state) != set(self.named):
-            raise RewardiffError("checkpoint LoRA does not match this run's target / rank; use another --out")
-        with torch.no_grad():
-            for k, p in self.named.items():
-                p.copy_(state[k])
-
     def save_lora(self, path: Path) -> Path:
         from rewardiff.models.lora import save_lora
 
@@ -337,13 +328,16 @@ def ppo_update(pipe, policy: Policy, optimizer: torch.optim.Optimizer, samples: 
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    """Every RNG stream, as tensors and plain values (so the weights-only loader reads it back)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -355,35 +349,21 @@ def _signature(cfg: DDPOConfig) -> dict:
 
 def save_checkpoint(out: Path, policy: Policy, optimizer, tracker: PerPromptStatTracker, epoch: int,
                     cfg: DDPOConfig, cpu_seconds: float, history: list[dict]) -> None:
-    from safetensors.torch import save_file
-
-    def write(tmp: Path) -> None:
-        save_file(policy.state_dict(), str(tmp / "lora_state.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_state()}, tmp / "optimizer_rng.pt")
-        write_json(tmp / "state.json", {"epoch": epoch, "cpu_seconds": cpu_seconds, "tracker": tracker.state_dict(),
-                                        "signature": _signature(cfg), "history": history})
-
-    write_folder_atomically(out / CHECKPOINT, write)
+    meta = {"epoch": epoch, "cpu_seconds": cpu_seconds, "tracker": tracker.state_dict(), "signature": _signature(cfg), "history": history}
+    save_lora_state(out / CHECKPOINT, policy.modules, optimizer, meta, extra={"rng": _rng_state()})
 
 
 def load_checkpoint(out: Path, policy: Policy, optimizer, tracker: PerPromptStatTracker, cfg: DDPOConfig) -> tuple[int, float, list[dict]]:
     """Restore a checkpoint if OUT has one; returns (epochs done, CPU seconds so far, per-epoch history)."""
-    import json
-
-    from safetensors.torch import load_file
-
-    folder = out / CHECKPOINT
-    if not (folder / "state.json").is_file():
+    state = read_lora_meta(out / CHECKPOINT)
+    if state is None:
         return 0, 0.0, []
-    state = json.loads((folder / "state.json").read_text())
     if state["signature"] != _signature(cfg):
         diff = next(k for k in _signature(cfg) if state["signature"].get(k) != _signature(cfg)[k])
         raise RewardiffError(f"{out} holds a DDPO run with another {diff} ({state['signature'].get(diff)!r} there, "
                              f"{_signature(cfg)[diff]!r} now); choose another --out")
-    policy.load_state_dict(load_file(str(folder / "lora_state.safetensors")))
-    blob = torch.load(folder / "optimizer_rng.pt", weights_only=False)  # our own file: numpy RNG state is not a tensor
-    optimizer.load_state_dict(blob["optimizer"])
-    _set_rng_state(blob["rng"])
+    _, extra = load_lora_state(out / CHECKPOINT, policy.modules, optimizer)
+    _set_rng_state(extra["rng"])
     tracker.load_state_dict(state["tracker"])
     return int(state["epoch"]), float(state["cpu_seconds"]), list(state["history"])
 

@@ -54,10 +54,14 @@ def load_lora_state(directory: Path, modules: dict[str, torch.nn.Module], optimi
     from safetensors.torch import load_file
 
     params = lora_parameters(modules)
+    saved = load_file(str(directory / LORA_PARAMS))
+    if set(saved) != set(params):
+        odd = sorted(set(saved) ^ set(params))[0]
+        raise RewardiffError(f"{directory}: the checkpoint's LoRA does not match this run's (target / rank?), e.g. {odd!r}; use another --out")
     with torch.no_grad():
-        for key, value in load_file(str(directory / LORA_PARAMS)).items():
-            if key not in params:
-                raise RewardiffError(f"{directory}: checkpoint tensor {key!r} has no LoRA parameter in this model (another LoRA set-up?)")
+        for key, value in saved.items():
+            if value.shape != params[key].shape:
+                raise RewardiffError(f"{directory}: checkpoint tensor {key!r} has shape {tuple(value.shape)}, the model's LoRA {tuple(params[key].shape)}; use another --out")
             params[key].copy_(value)
     blob = torch.load(directory / STATE, weights_only=True)
     optimizer.load_state_dict(blob.pop("optimizer"))

@@ -74,6 +74,16 @@ def add_lora(module, rank: int = 4, alpha: float | None = None, targets: tuple[s
     module.add_adapter(config, adapter_name=adapter_name)
 
 
+def _adapter_metadata(module) -> dict | None:
+    """The active peft adapter's LoraConfig as a plain dict (None when the module has none)."""
+    configs = getattr(module, "peft_config", None) or {}
+    active = getattr(module, "active_adapters", None)
+    name = (active() if callable(active) else active or ["default"])[0] if configs else None
+    if name not in configs:
+        return None
+    return {k: (sorted(v) if isinstance(v, set) else v) for k, v in configs[name].to_dict().items()}
+
+
 def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None) -> Path:
     """Write the adapters of a U-Net and/or text encoder as one diffusers LoRA safetensors file.
 
@@ -89,10 +99,12 @@ def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None)
     if unet is None and text_encoder is None:
         raise RewardiffError("save_lora needs a U-Net or a text encoder with a LoRA adapter")
     layers = {}
-    if unet is not None:
-        layers["unet_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    if text_encoder is not None:
-        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))
+    for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+        if module is not None:
+            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+            # rank and alpha travel with the tensors (diffusers' lora_adapter_metadata), so a LoRA
+            # trained with alpha != rank loads back at its trained strength, here and in diffusers
+            layers[f"{name}_lora_adapter_metadata"] = _adapter_metadata(module)
     cls = pipeline_cls or StableDiffusionPipeline
     path.parent.mkdir(parents=True, exist_ok=True)
     cls.save_lora_weights(str(path.parent), weight_name=path.name, safe_serialization=True, **layers)
