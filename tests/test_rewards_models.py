@@ -380,3 +380,16 @@ def test_score_metadata_with_clip_and_jpeg(models, tmp_path):
     for row in rows:
         assert row["total"] == pytest.approx(0.5 * row["clip"] + row["jpeg_compressibility"], abs=1e-4)
         assert row["clip"] == pytest.approx(max(100 * row["clip.cosine"], 0.0), abs=1e-3)
+
+
+def test_judge_reward_on_a_hub_style_owlv2(models):
+    """judge@OWLV2_DIR: detection + exact counts + relation from a real OWLv2 class, no captioner."""
+    from rewardiff.rewards.registry import build_reward
+
+    reward = build_reward(f"judge@{models['owlv2']}")
+    assert not reward.differentiable and reward.judge.caption is None
+    images = _images(2, 32, 40)
+    out = reward(images, PROMPTS)
+    parts = sum(out.details[k] for k in ("detection", "count", "relation"))
+    np.testing.assert_allclose(out.scores.numpy(), parts.numpy(), atol=1e-5)
+    assert torch.isfinite(out.scores).all() and (out.details["caption"] == 0).all()

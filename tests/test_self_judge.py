@@ -92,3 +92,21 @@ def test_shipped_shapes_judges_prefer_the_right_render(tmp_path):
     wrong = judge_rows(judge, wrong_rows, root, 8, progress=False)
     assert {"caption", "detections", "components", "expected"} <= set(right[0])
     assert np.mean([r["score"] for r in right]) > np.mean([w["score"] for w in wrong]) + 0.5
+
+
+def test_judge_reward_scores_like_the_judge_and_is_ppo_only(tmp_path):
+    """`judge@shapes` is the self-judge's score as a reward: right renders beat wrong prompts,
+    per-image components in the details, and it declares itself non-differentiable (ReFL refuses)."""
+    from rewardiff.rewards.registry import build_reward
+    from rewardiff.shapes.render import render
+
+    reward = build_reward("judge@shapes")
+    assert not reward.differentiable
+    prompts = ["three blue squares", "a green triangle above a yellow circle", "a purple square and a red triangle"]
+    images = torch.from_numpy(np.stack([render(p, s).image for p in prompts for s in range(3)])).permute(0, 3, 1, 2).float() / 255
+    asked = [p for p in prompts for _ in range(3)]
+    right = reward(images, asked)
+    wrong = reward(images, asked[3:] + asked[:3])
+    assert set(right.details) >= {"caption", "detection", "count", "relation"}
+    assert right.scores.shape == (9,) and right.scores.mean() > wrong.scores.mean() + 0.5
+    np.testing.assert_allclose(right.scores.numpy(), sum(right.details[k] for k in ("caption", "detection", "count", "relation")).numpy(), atol=1e-5)

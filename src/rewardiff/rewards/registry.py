@@ -134,6 +134,13 @@ def _preference(model: str | None, device: Device) -> Reward:
     return PreferenceReward.from_run(model, device)
 
 
+def _judge(model: str | None, device: Device) -> Reward:
+    """The self-judge's score: caption + detection + exact counts + relation (MODEL: 'shapes' (default) or an OWLv2 folder / hub id); PPO only."""
+    from rewardiff.rewards.judged import JudgedReward
+
+    return JudgedReward.build(model, device)
+
+
 def _no_model(name: str, model: str | None) -> None:
     if model is not None:
         raise RewardiffError(f"reward {name!r} takes no model (got @{model})")
@@ -152,6 +159,7 @@ REWARDS: dict[str, RewardFactory] = {
     "jpeg_compressibility": _jpeg_compressibility,
     "jpeg_incompressibility": _jpeg_incompressibility,
     "preference": _preference,
+    "judge": _judge,
 }
 
 
