@@ -86,8 +86,12 @@ def test_interrupted_run_resumes_identically(tmp_path, full_run, eval_prompts, s
 
 def test_dpo_switch_trains_on_pairs(tmp_path, eval_prompts):
     run = tmp_path / "dpo"
-    cfg = _cfg(run, eval_prompts, **{"rounds": 1, "train.loss": "dpo", "judge.min_pair_gap": 0.0, "eval.scales": []})
+    cfg = _cfg(run, eval_prompts, **{"rounds": 1, "train.loss": "dpo", "judge.min_pair_gap": 0.0, "eval.scales": [], "candidate_guidance": 2.0})
     run_self_reward(cfg, progress=False)
+    import yaml
+
+    assert yaml.safe_load((run / "round_1" / "candidates" / "config.yaml").read_text())["sampling"]["guidance"] == 2.0
+    assert cfg.sampling.guidance != 2.0  # evaluation keeps the run's guidance
     log = [json.loads(line) for line in (run / "round_1" / "train" / "train_log.jsonl").read_text().splitlines()]
     assert log and all(row["stage"] == "dpo" and "implicit_acc" in row for row in log)
     assert (run / "round_1" / "train" / "lora" / "lora.safetensors").is_file()

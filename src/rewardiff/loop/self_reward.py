@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rewardiff.algorithms.sft import SFTConfig, TrainExample, train_lora
@@ -54,6 +54,8 @@ class SelfRewardConfig:
     candidates: int = 10  # images per prompt (the paper: 10)
     seed: int = 0  # seeds prompts, candidates (round k: seed + 1000 k) and training
     generation_scale: float = 1.0  # LoRA scale of round k's model when it generates round k+1's candidates
+    candidate_guidance: float | None = None  # CFG scale of the candidates (None = sampling.guidance); fine-tuning on
+    # strongly guided samples and sampling them with guidance again compounds it, so a lower value can help
     batch_size: int = 64  # images per pipeline call
     device: str = "cpu"
     out: str = "runs/self-reward"
@@ -99,10 +101,11 @@ def _timed(record: dict, name: str):
     return _T()
 
 
-def _gen(ctx: _Context, prompts: str, num_images: int, seed: int, out: Path, lora: str | None) -> Path:
+def _gen(ctx: _Context, prompts: str, num_images: int, seed: int, out: Path, lora: str | None, guidance: float | None = None) -> Path:
     cfg = ctx.cfg
+    sampling = cfg.sampling if guidance is None else replace(cfg.sampling, guidance=guidance)
     gen = GenerateConfig(model=cfg.model, prompts=prompts, num_images=num_images, seed=seed, batch_size=cfg.batch_size,
-                         out=str(out), loras=[lora] if lora else [], device=cfg.device, sampling=cfg.sampling)
+                         out=str(out), loras=[lora] if lora else [], device=cfg.device, sampling=sampling)
     return run_generation(gen, progress=ctx.progress)
 
 
@@ -244,7 +247,7 @@ def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: st
             stop(k, "prompts")
             with _timed(t, "candidates") if "candidates" not in t else _NoTimer():
                 lora = f"{prev_lora}:{cfg.generation_scale:g}" if prev_lora else None
-                meta = _gen(ctx, str(folder / "prompts.txt"), cfg.candidates, cfg.seed + 1000 * k, folder / "candidates", lora)
+                meta = _gen(ctx, str(folder / "prompts.txt"), cfg.candidates, cfg.seed + 1000 * k, folder / "candidates", lora, cfg.candidate_guidance)
             stop(k, "candidates")
             with _timed(t, "judge") if "judge" not in t else _NoTimer():
                 phase_judge(ctx, k, folder, meta)
