@@ -40,6 +40,23 @@ def test_diffusion_target_follows_prediction_type():
         diffusion_target(DDIMScheduler(prediction_type="sample"), z0, noise, t)
 
 
+def test_min_snr_weight_matches_the_formula_for_both_targets():
+    from diffusers import DDIMScheduler, training_utils
+
+    from rewardiff.diffusion.training_loss import min_snr_weight
+
+    t = torch.tensor([0, 100, 500, 900, 999])
+    for kind, denominator in (("epsilon", lambda snr: snr), ("v_prediction", lambda snr: snr + 1)):
+        sched = DDIMScheduler(prediction_type=kind)
+        snr = training_utils.compute_snr(sched, t)  # diffusers' own SNR, as its training scripts weigh
+        expected = torch.minimum(snr, torch.full_like(snr, 5.0)) / denominator(snr)
+        assert torch.allclose(min_snr_weight(sched, t, 5.0), expected, rtol=1e-4)
+    assert torch.equal(min_snr_weight(sched, t, 0.0), torch.ones(5))
+    zero_snr = DDIMScheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    w = min_snr_weight(zero_snr, torch.tensor([999, 0]), 5.0)
+    assert w[0].item() == 0.0 and 0 < w[1].item() < 0.1  # pure noise and near-clean steps weigh little
+
+
 def _examples(rejected: bool = False) -> list[TrainExample]:
     prompts = ["a red circle", "a blue square"]
     return [TrainExample(p, render(p, i).image, render("a green triangle", i).image if rejected else None) for i, p in enumerate(prompts)]
@@ -97,9 +114,11 @@ def test_dpo_trains_from_previous_lora_with_text_encoder(tmp_path):
         train_lora(load_pipeline("shapes")[0], [], SFTConfig(), tmp_path / "none", progress=False)
 
 
-def test_sft_lowers_loss_on_its_data(tmp_path):
-    """More steps on a fixed set: the diffusion loss on that set (fixed t, noise) drops."""
+@pytest.mark.parametrize("snr_gamma", [0.0, 5.0])
+def test_sft_lowers_loss_on_its_data(tmp_path, snr_gamma):
+    """More steps on a fixed set: the (min-SNR weighted) diffusion loss on that set (fixed t, noise) drops."""
     from rewardiff.algorithms.sft import _encode, _images_to_latents
+    from rewardiff.diffusion.training_loss import min_snr_weight
 
     ex = _examples()
 
@@ -111,9 +130,10 @@ def test_sft_lowers_loss_on_its_data(tmp_path):
         with torch.no_grad():
             text = _encode(pipe, [e.prompt for e in ex] * 8)
             pred = pipe.unet(pipe.scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=text).sample
-        return float(((pred - diffusion_target(pipe.scheduler, z0, noise, t)) ** 2).mean())
+        per_example = ((pred - diffusion_target(pipe.scheduler, z0, noise, t)) ** 2).mean(dim=(1, 2, 3))
+        return float((per_example * min_snr_weight(pipe.scheduler, t, snr_gamma)).mean())
 
     pipe, _ = load_pipeline("shapes")
     before = eval_loss(pipe)
-    train_lora(pipe, ex, SFTConfig(steps=15, batch_size=4, lr=3e-3, rank=4, alpha=4.0, cond_dropout=0.0), tmp_path / "t", progress=False)
+    train_lora(pipe, ex, SFTConfig(steps=15, batch_size=4, lr=3e-3, rank=4, alpha=4.0, cond_dropout=0.0, snr_gamma=snr_gamma), tmp_path / "t", progress=False)
     assert eval_loss(pipe) < before

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
+from rewardiff.diffusion.training_loss import diffusion_target, min_snr_weight
 from rewardiff.errors import RewardiffError
 
 CHECKPOINT = "checkpoint"
@@ -46,6 +47,7 @@ class SFTConfig:
     batch_size: int = 16  # examples (SFT) or pairs (DPO) per step
     train_text_encoder: bool = False  # also put a LoRA on the text encoder
     cond_dropout: float = 0.1  # share of prompts replaced by "" (keeps the unconditional branch, as in pre-training)
+    snr_gamma: float = 0.0  # min-SNR-gamma loss weighting of the SFT loss (the shapes generator was pre-trained with 5); 0 = uniform
     dpo_beta: float = 2000.0  # Diffusion-DPO beta (Wallace et al. use 5000 on SD 1.5's latents)
     dpo_sft_weight: float = 0.0  # + this x SFT loss on the chosen images (0 = pure DPO)
     grad_clip: float = 1.0  # max global grad norm
@@ -69,16 +71,6 @@ def diffusion_dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torc
     loss = -F.logsigmoid(inside).mean()
     d = inside.detach()
     return loss, {"implicit_acc": float((d > 0).float().mean()), "model_diff": float(model_diff.detach().mean()), "ref_diff": float(ref_diff.detach().mean())}
-
-
-def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the U-Net predicts, from the scheduler's config."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, t)
-    raise RewardiffError(f"prediction_type {kind!r} is not supported for training (epsilon or v_prediction)")
 
 
 def _images_to_latents(pipe, images: list[np.ndarray], batch: int = 64) -> torch.Tensor:
@@ -195,7 +187,8 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
         t = torch.randint(0, n_train, (len(idx),), generator=gen).to(device)
         if cfg.loss == "sft":
             pred = pipe.unet(scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=text).sample
-            loss = F.mse_loss(pred.float(), diffusion_target(scheduler, z0, noise, t).float())
+            per_example = F.mse_loss(pred.float(), diffusion_target(scheduler, z0, noise, t).float(), reduction="none").mean(dim=(1, 2, 3))
+            loss = (per_example * min_snr_weight(scheduler, t, cfg.snr_gamma).to(per_example.device)).mean()
             metrics = {}
         else:
             zl = latents_l[idx].to(device)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from rewardiff.diffusion.training_loss import diffusion_target, min_snr_weight
 from rewardiff.io_utils import write_folder_atomically
 from rewardiff.shapes.generator import GeneratorArch, build_pipeline, build_vae
 from rewardiff.shapes.prompts import sample_train_prompt
@@ -154,15 +155,6 @@ def warmup_lr(base_lr: float, warmup: int, step: int) -> float:
     return base_lr * min(1.0, (step + 1) / max(1, warmup))
 
 
-def _min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """min(SNR, gamma) / (SNR + 1): the min-SNR weight for a v-prediction loss."""
-    if gamma <= 0:
-        return torch.ones(len(timesteps))
-    ac = scheduler.alphas_cumprod[timesteps]
-    snr = ac / (1 - ac).clamp(min=1e-8)
-    return torch.minimum(snr, torch.full_like(snr, gamma)) / (snr + 1)
-
-
 def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
     """Run both stages (resuming whatever is done) and export the pipeline to OUT/pipeline."""
     from diffusers.training_utils import EMAModel
@@ -229,11 +221,11 @@ def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
         noise = torch.randn(latents.shape, generator=gen)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(prompts),), generator=gen)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = scheduler.get_velocity(latents, noise, timesteps)
+        target = diffusion_target(scheduler, latents, noise, timesteps)
         cond = text_encoder(tokenize(prompts))[0]
         pred = unet(noisy, timesteps, cond).sample
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * _min_snr_weight(scheduler, timesteps, cfg.unet.min_snr_gamma)).mean()
+        loss = (per_sample * min_snr_weight(scheduler, timesteps, cfg.unet.min_snr_gamma)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,35 @@
+"""The denoising loss's target and its min-SNR weight, shared by every trainer of a U-Net
+(the shapes generator's pre-training, LoRA SFT and Diffusion-DPO), so fine-tuning weighs
+timesteps the way the model was trained to."""
+
+from __future__ import annotations
+
+import torch
+
+from rewardiff.errors import RewardiffError
+
+
+def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the U-Net predicts, from the scheduler's config."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    raise RewardiffError(f"prediction_type {kind!r} is not supported for training (epsilon or v_prediction)")
+
+
+def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-example loss weight of min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR for an
+    epsilon target, min(SNR, gamma) / (SNR + 1) for a v target; ones when gamma <= 0."""
+    if gamma <= 0:
+        return torch.ones(len(t))
+    ac = scheduler.alphas_cumprod[t.cpu()].float()
+    snr = ac / (1 - ac).clamp(min=1e-8)
+    clipped = torch.minimum(snr, torch.full_like(snr, gamma))
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return clipped / snr.clamp(min=1e-8)
+    if kind == "v_prediction":
+        return clipped / (snr + 1)
+    raise RewardiffError(f"prediction_type {kind!r} is not supported for training (epsilon or v_prediction)")
