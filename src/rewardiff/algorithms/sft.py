@@ -7,7 +7,8 @@ SFT, the standard diffusion loss (as diffusers' train_text_to_image_lora.py):
     loss = || f(z_t, t, c) - target ||^2,   target = eps (epsilon), v = sqrt(a_t) eps - sqrt(1 - a_t) z0
                                                        (v_prediction, `scheduler.get_velocity`)
 
-read from `scheduler.config.prediction_type` (the shapes generator is v-prediction).
+read from `scheduler.config.prediction_type` (the shapes generator is v-prediction), optionally
+weighted per example by min-SNR-gamma (`snr_gamma`, diffusers' `--snr_gamma`).
 Diffusion-DPO (Wallace et al. 2023, eq. 14; as their train.py): one t and one noise per pair,
 
     e_w = ||f(z_t^w) - target_w||^2,  e_l likewise, r_w / r_l the same errors of the reference
