@@ -26,11 +26,10 @@ def continue_pretraining(a: argparse.Namespace) -> None:
     """The base recipe's loss on fresh renders every step (seeded by the step), all weights."""
     from pathlib import Path
 
-    import torch.nn.functional as F
     from diffusers.training_utils import EMAModel
 
     from rewardiff.algorithms.sft import _encode, _images_to_latents
-    from rewardiff.diffusion.training_loss import diffusion_target, min_snr_weight
+    from rewardiff.diffusion.training_loss import denoising_loss
 
     pipe, _ = load_pipeline("shapes")
     modules = [pipe.unet, pipe.text_encoder]
@@ -41,19 +40,13 @@ def continue_pretraining(a: argparse.Namespace) -> None:
         m.train()
     ema = EMAModel(params, decay=0.995)
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
-    sched = pipe.scheduler
     for step in range(a.steps):
         rng = random.Random(10_000 + step)
         gen = torch.Generator().manual_seed(10_000 + step)
         prompts = [sample_train_prompt(rng) for _ in range(a.batch_size)]
-        images = [render(prompt, rng.randrange(1 << 30)).image for prompt in prompts]
-        z0 = _images_to_latents(pipe, images)
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(prompts),), generator=gen)
+        z0 = _images_to_latents(pipe, [render(prompt, rng.randrange(1 << 30)).image for prompt in prompts])
         text = _encode(pipe, ["" if rng.random() < 0.1 else prompt for prompt in prompts])
-        pred = pipe.unet(sched.add_noise(z0, noise, t), t, encoder_hidden_states=text).sample
-        per_example = F.mse_loss(pred, diffusion_target(sched, z0, noise, t), reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_example * min_snr_weight(sched, t, a.snr_gamma)).mean()
+        loss = denoising_loss(pipe.unet, pipe.scheduler, z0, text, gen, a.snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
-from rewardiff.diffusion.training_loss import diffusion_target, min_snr_weight
+from rewardiff.diffusion.training_loss import denoising_loss, diffusion_target
 from rewardiff.errors import RewardiffError
 
 CHECKPOINT = "checkpoint"
@@ -184,14 +184,12 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
         else:
             text = _encode(pipe, batch_prompts)
         z0 = latents_w[idx].to(device)
-        noise = torch.randn(z0.shape, generator=gen).to(device)
-        t = torch.randint(0, n_train, (len(idx),), generator=gen).to(device)
         if cfg.loss == "sft":
-            pred = pipe.unet(scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=text).sample
-            per_example = F.mse_loss(pred.float(), diffusion_target(scheduler, z0, noise, t).float(), reduction="none").mean(dim=(1, 2, 3))
-            loss = (per_example * min_snr_weight(scheduler, t, cfg.snr_gamma).to(per_example.device)).mean()
+            loss = denoising_loss(pipe.unet, scheduler, z0, text, gen, cfg.snr_gamma)
             metrics = {}
         else:
+            noise = torch.randn(z0.shape, generator=gen).to(device)
+            t = torch.randint(0, n_train, (len(idx),), generator=gen).to(device)
             zl = latents_l[idx].to(device)
             both, noise2, t2, text2 = torch.cat([z0, zl]), torch.cat([noise, noise]), torch.cat([t, t]), torch.cat([text, text])
             noisy = scheduler.add_noise(both, noise2, t2)

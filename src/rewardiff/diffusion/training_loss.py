@@ -33,3 +33,13 @@ def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
     if kind == "v_prediction":
         return clipped / (snr + 1)
     raise RewardiffError(f"prediction_type {kind!r} is not supported for training (epsilon or v_prediction)")
+
+
+def denoising_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, snr_gamma: float = 0.0) -> torch.Tensor:
+    """The standard diffusion training loss of one batch: noise and timesteps drawn (on the CPU,
+    in that order) from `gen`, per-example MSE to `diffusion_target`, min-SNR weighted, mean."""
+    noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=gen).to(latents.device)
+    pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=cond).sample
+    per_example = ((pred.float() - diffusion_target(scheduler, latents, noise, t).float()) ** 2).mean(dim=(1, 2, 3))
+    return (per_example * min_snr_weight(scheduler, t, snr_gamma).to(per_example.device)).mean()

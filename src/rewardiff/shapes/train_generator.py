@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from rewardiff.diffusion.training_loss import diffusion_target, min_snr_weight
+from rewardiff.diffusion.training_loss import denoising_loss
 from rewardiff.io_utils import write_folder_atomically
 from rewardiff.shapes.generator import GeneratorArch, build_pipeline, build_vae
 from rewardiff.shapes.prompts import sample_train_prompt
@@ -218,14 +218,7 @@ def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
         with torch.no_grad():
             post = vae.encode(x).latent_dist
             latents = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen)) * sf
-        noise = torch.randn(latents.shape, generator=gen)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(prompts),), generator=gen)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = diffusion_target(scheduler, latents, noise, timesteps)
-        cond = text_encoder(tokenize(prompts))[0]
-        pred = unet(noisy, timesteps, cond).sample
-        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weight(scheduler, timesteps, cfg.unet.min_snr_gamma)).mean()
+        loss = denoising_loss(unet, scheduler, latents, text_encoder(tokenize(prompts))[0], gen, cfg.unet.min_snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
