@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("shapes", help="the embedded shapes world")
     ssub = p.add_subparsers(dest="shapes_command", required=True)
-    s = ssub.add_parser("train-generator", help="train the tiny generator from scratch on rendered images (resumable)")
+    s = ssub.add_parser("train-generator", help="train the tiny generator on rendered images, from scratch or --set unet.init_from=DIR (resumable)")
     s.add_argument("--out", help="run directory (default runs/shapes-generator)")
     s.add_argument("--seed", type=int)
     _add_config_args(s)

@@ -3,7 +3,8 @@
 Two stages: (1) the tiny AutoencoderKL, MSE+L1 reconstruction with a small KL; its latent std
 sets `scaling_factor`, as SD's did; (2) the U-Net and text encoder together, v-prediction on
 the zero-terminal-SNR schedule with min-SNR weighting, 10% empty prompts for classifier-free
-guidance, EMA weights exported.
+guidance, EMA weights exported. `unet.init_from` skips stage 1 and continues stage 2 from an
+exported generator (how the shipped one was trained longer without redoing its first run).
 
 Every step draws its data and noise from RNGs seeded by (seed, step), so a run killed and
 resumed from a checkpoint continues exactly as an uninterrupted one would.
@@ -27,7 +28,8 @@ from safetensors.torch import load_file, save_file
 from rewardiff.diffusion.training_loss import denoising_loss
 from rewardiff.io_utils import write_folder_atomically
 from rewardiff.shapes.generator import GeneratorArch, build_pipeline, build_vae
-from rewardiff.shapes.prompts import sample_train_prompt
+from rewardiff.errors import RewardiffError
+from rewardiff.shapes.prompts import CATEGORIES, sample_train_prompt
 from rewardiff.shapes.render import render
 from rewardiff.train_log import TrainLog
 
@@ -51,6 +53,13 @@ class UnetStageConfig:
     cfg_dropout: float = 0.1  # share of empty prompts, for classifier-free guidance
     min_snr_gamma: float = 5.0  # min-SNR loss weighting (Hang et al. 2023); 0 disables
     checkpoint_every: int = 250  # steps
+    lr_schedule: str = "constant"  # "constant" after warm-up (extendable) or "cosine" to 10% at `steps`
+    # Continue training an exported generator (a pipeline folder, or "shapes" for the shipped one)
+    # instead of starting from random weights: its VAE is reused (the latent space must not move).
+    init_from: str = ""
+    # Prompt mix: sampling weight of each category (empty = uniform), e.g. to spend the
+    # continued training on the compositional categories a generator is weakest at.
+    category_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,9 +79,9 @@ def _step_rng(seed: int, stage: str, step: int) -> tuple[random.Random, torch.Ge
     return py, gen
 
 
-def rendered_batch(rng: random.Random, n: int) -> tuple[list[str], torch.Tensor]:
+def rendered_batch(rng: random.Random, n: int, category_weights: dict[str, float] | None = None) -> tuple[list[str], torch.Tensor]:
     """n (prompt, image) pairs drawn from the training prompts; images in [-1, 1], (n, 3, 32, 32)."""
-    prompts = [sample_train_prompt(rng) for _ in range(n)]
+    prompts = [sample_train_prompt(rng, category_weights or None) for _ in range(n)]
     images = np.stack([render(p, rng.getrandbits(32)).image for p in prompts])
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return prompts, x
@@ -155,6 +164,34 @@ def warmup_lr(base_lr: float, warmup: int, step: int) -> float:
     return base_lr * min(1.0, (step + 1) / max(1, warmup))
 
 
+def unet_stage_lr(stage: UnetStageConfig, step: int) -> float:
+    """The U-Net stage's learning rate at `step` (warm-up, then constant or cosine); resume-safe."""
+    if stage.lr_schedule == "constant":
+        return warmup_lr(stage.lr, stage.warmup_steps, step)
+    if stage.lr_schedule == "cosine":
+        return min(warmup_lr(stage.lr, stage.warmup_steps, step), cosine_lr(stage.lr, step, stage.steps))
+    raise RewardiffError(f"unet.lr_schedule must be 'constant' or 'cosine', got {stage.lr_schedule!r}")
+
+
+def _check_category_weights(weights: dict[str, float]) -> None:
+    unknown = set(weights) - set(CATEGORIES)
+    if unknown or any(not w >= 0 for w in weights.values()) or (weights and sum(weights.values()) <= 0):
+        raise RewardiffError(f"unet.category_weights must map categories {list(CATEGORIES)} to weights >= 0 (not all 0); got {weights}")
+
+
+def _load_init_pipeline(cfg: TrainGeneratorConfig, unet, text_encoder):
+    """Copy an exported generator's U-Net and text-encoder weights in; return its VAE."""
+    from rewardiff.models.pipeline import load_pipeline
+
+    init, _ = load_pipeline(cfg.unet.init_from)
+    for name, module, source in (("unet", unet, init.unet), ("text_encoder", text_encoder, init.text_encoder)):
+        try:
+            module.load_state_dict(source.state_dict())
+        except RuntimeError as e:
+            raise RewardiffError(f"unet.init_from={cfg.unet.init_from!r}: its {name} does not match `arch` ({str(e).splitlines()[0][:200]})") from None
+    return init.vae
+
+
 def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
     """Run both stages (resuming whatever is done) and export the pipeline to OUT/pipeline."""
     from diffusers.training_utils import EMAModel
@@ -168,12 +205,23 @@ def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     logger = TrainLog(out)
-    vae = train_vae(cfg, out, logger, progress)
+    _check_category_weights(cfg.unet.category_weights)
+    unet_stage_lr(cfg.unet, 0)  # refuse an unknown schedule before any work
+    if cfg.unet.init_from:
+        torch.manual_seed(cfg.seed + 1)
+        pipe = build_pipeline(cfg.arch, out / "tokenizer_src")
+        vae = _load_init_pipeline(cfg, pipe.unet, pipe.text_encoder)
+        pipe.vae = vae
+        if not (out / "vae" / "config.json").is_file():
+            vae.save_pretrained(out / "vae")  # export_pipeline reads the run's VAE from here
+    else:
+        vae = train_vae(cfg, out, logger, progress)
+        torch.manual_seed(cfg.seed + 1)
+        pipe = build_pipeline(cfg.arch, out / "tokenizer_src", vae=vae)
     vae.requires_grad_(False)
-
-    torch.manual_seed(cfg.seed + 1)
-    pipe = build_pipeline(cfg.arch, out / "tokenizer_src", vae=vae)
     unet, text_encoder, tokenizer, scheduler = pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
+    unet.requires_grad_(True)
+    text_encoder.requires_grad_(True)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet.lr, weight_decay=cfg.unet.weight_decay)
     ema = EMAModel(params, decay=cfg.unet.ema_decay, use_ema_warmup=True, power=0.75)
@@ -213,7 +261,7 @@ def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
     t0 = time.time()
     for step in bar:
         rng, gen = _step_rng(cfg.seed, "unet", step)
-        prompts, x = rendered_batch(rng, cfg.unet.batch_size)
+        prompts, x = rendered_batch(rng, cfg.unet.batch_size, cfg.unet.category_weights)
         prompts = ["" if rng.random() < cfg.unet.cfg_dropout else p for p in prompts]
         with torch.no_grad():
             post = vae.encode(x).latent_dist
@@ -222,7 +270,7 @@ def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        lr = warmup_lr(cfg.unet.lr, cfg.unet.warmup_steps, step)
+        lr = unet_stage_lr(cfg.unet, step)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
