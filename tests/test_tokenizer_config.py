@@ -247,6 +247,14 @@ def test_atomic_write_text_no_temp_files(tmp_path):
     assert sorted(os.listdir(target.parent)) == ["note.txt"]
 
 
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path):
+    """mkstemp creates 0600 files; outputs must be readable like any file the user writes."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     target = tmp_path / "keep.txt"
     atomic_write_text(target, "old")

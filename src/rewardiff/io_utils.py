@@ -12,6 +12,14 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 
+def _default_file_mode() -> int:
+    """What open() would give a new file (0666 minus the umask); mkstemp's 0600 would hide
+    outputs from the other users and tools of a shared machine."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write via a temp file + rename, so a kill never leaves a half-written file."""
     path = Path(path)
@@ -20,6 +28,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
