@@ -244,3 +244,17 @@ def test_sample_train_prompt_seeded_and_weighted():
     draws = [sample_train_prompt(rng, {"counting": 1.0}) for _ in range(300)]
     assert {parse_prompt(p).category for p in draws} == {"counting"}
     assert set(draws) <= set(split_prompts("counting")[0])
+
+
+def test_category_weights_are_checked_in_one_place_for_writer_and_trainer():
+    from rewardiff.errors import RewardiffError
+    from rewardiff.judges.prompt_writer import PromptWriterConfig, build_writer
+    from rewardiff.shapes.prompts import check_category_weights
+
+    check_category_weights({}, "x")  # empty = uniform
+    check_category_weights({"pair": 0.0, "position": 2.0}, "x")
+    for bad, why in (({"pairs": 1.0}, "unknown categories"), ({"pair": -1.0}, ">= 0"), ({"pair": 0.0}, "not all 0"), ({"pair": float("nan")}, ">= 0")):
+        with pytest.raises(RewardiffError, match=why):
+            check_category_weights(bad, "x")
+    with pytest.raises(RewardiffError, match="writer.category_weights: unknown"):
+        build_writer(PromptWriterConfig(backend="shapes", category_weights={"pairs": 1.0}))

@@ -104,7 +104,7 @@ def test_cosine_schedule_and_bad_settings():
     with pytest.raises(RewardiffError, match="lr_schedule"):
         tg.unet_stage_lr(tg.UnetStageConfig(lr_schedule="linear"), 0)
     with pytest.raises(RewardiffError, match="category_weights"):
-        tg._check_category_weights({"pairs": 1.0})
+        tg.check_category_weights({"pairs": 1.0}, "unet.category_weights")
 
 
 def test_category_weights_change_the_prompt_mix():

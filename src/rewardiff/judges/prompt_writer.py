@@ -268,12 +268,10 @@ class ShapesGrammarWriter:
     naming one of the classes; repeats happen (as with an LLM) and are dropped as duplicates."""
 
     def __init__(self, cfg: PromptWriterConfig):
-        from rewardiff.shapes.prompts import CATEGORIES, split_prompts
+        from rewardiff.shapes.prompts import CATEGORIES, check_category_weights, split_prompts
 
+        check_category_weights(cfg.category_weights, "writer.category_weights")
         self.weights = {c: float(cfg.category_weights.get(c, 0.0 if cfg.category_weights else 1.0)) for c in CATEGORIES}
-        unknown = set(cfg.category_weights) - set(CATEGORIES)
-        if unknown:
-            raise RewardiffError(f"writer.category_weights: unknown categories {sorted(unknown)}; known {list(CATEGORIES)}")
         self.train = {c: split_prompts(c)[0] for c in CATEGORIES}
 
     def write(self, classes: list[str], n: int, seed: int) -> list[str]:

@@ -12,6 +12,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from rewardiff.errors import RewardiffError
 from rewardiff.shapes.palette import COLORS, COUNT_WORDS, RELATIONS, SHAPES
 
 CATEGORIES: tuple[str, ...] = ("single", "pair", "counting", "position")
@@ -157,6 +158,16 @@ def heldout_eval_prompts(per_category: int = EVAL_PROMPTS_PER_CATEGORY) -> list[
 
 def train_prompts() -> list[str]:
     return [p for cat in CATEGORIES for p in split_prompts(cat)[0]]
+
+
+def check_category_weights(weights: dict[str, float], where: str) -> None:
+    """Refuse a category mix that names an unknown category, or has weights < 0 (or NaN) or all 0;
+    empty means uniform. One check for every config that carries a mix."""
+    unknown = set(weights) - set(CATEGORIES)
+    if unknown:
+        raise RewardiffError(f"{where}: unknown categories {sorted(unknown)}; known {list(CATEGORIES)}")
+    if any(not w >= 0 for w in weights.values()) or (weights and sum(weights.values()) <= 0):
+        raise RewardiffError(f"{where}: weights must be >= 0 and not all 0; got {weights}")
 
 
 def sample_train_prompt(rng: random.Random, category_weights: dict[str, float] | None = None) -> str:

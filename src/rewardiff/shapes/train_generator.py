@@ -29,7 +29,7 @@ from rewardiff.diffusion.training_loss import denoising_loss
 from rewardiff.io_utils import write_folder_atomically
 from rewardiff.shapes.generator import GeneratorArch, build_pipeline, build_vae
 from rewardiff.errors import RewardiffError
-from rewardiff.shapes.prompts import CATEGORIES, sample_train_prompt
+from rewardiff.shapes.prompts import check_category_weights, sample_train_prompt
 from rewardiff.shapes.render import render
 from rewardiff.train_log import TrainLog
 
@@ -173,12 +173,6 @@ def unet_stage_lr(stage: UnetStageConfig, step: int) -> float:
     raise RewardiffError(f"unet.lr_schedule must be 'constant' or 'cosine', got {stage.lr_schedule!r}")
 
 
-def _check_category_weights(weights: dict[str, float]) -> None:
-    unknown = set(weights) - set(CATEGORIES)
-    if unknown or any(not w >= 0 for w in weights.values()) or (weights and sum(weights.values()) <= 0):
-        raise RewardiffError(f"unet.category_weights must map categories {list(CATEGORIES)} to weights >= 0 (not all 0); got {weights}")
-
-
 def _load_init_pipeline(cfg: TrainGeneratorConfig, unet, text_encoder):
     """Copy an exported generator's U-Net and text-encoder weights in; return its VAE."""
     from rewardiff.models.pipeline import load_pipeline
@@ -205,7 +199,7 @@ def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     logger = TrainLog(out)
-    _check_category_weights(cfg.unet.category_weights)
+    check_category_weights(cfg.unet.category_weights, "unet.category_weights")
     unet_stage_lr(cfg.unet, 0)  # refuse an unknown schedule before any work
     if cfg.unet.init_from:
         torch.manual_seed(cfg.seed + 1)
