@@ -9,14 +9,19 @@ import torch
 from rewardiff.errors import RewardiffError
 
 
+def _prediction_type(scheduler) -> str:
+    """The scheduler's prediction type, refused unless training supports it."""
+    kind = scheduler.config.prediction_type
+    if kind not in ("epsilon", "v_prediction"):
+        raise RewardiffError(f"prediction_type {kind!r} is not supported for training (epsilon or v_prediction)")
+    return kind
+
+
 def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """What the U-Net predicts, from the scheduler's config."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
+    if _prediction_type(scheduler) == "epsilon":
         return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, t)
-    raise RewardiffError(f"prediction_type {kind!r} is not supported for training (epsilon or v_prediction)")
+    return scheduler.get_velocity(latents, noise, t)
 
 
 def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -27,12 +32,9 @@ def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
     ac = scheduler.alphas_cumprod[t.cpu()].float()
     snr = ac / (1 - ac).clamp(min=1e-8)
     clipped = torch.minimum(snr, torch.full_like(snr, gamma))
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
+    if _prediction_type(scheduler) == "epsilon":
         return clipped / snr.clamp(min=1e-8)
-    if kind == "v_prediction":
-        return clipped / (snr + 1)
-    raise RewardiffError(f"prediction_type {kind!r} is not supported for training (epsilon or v_prediction)")
+    return clipped / (snr + 1)
 
 
 def denoising_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, snr_gamma: float = 0.0) -> torch.Tensor:
