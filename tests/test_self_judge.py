@@ -74,6 +74,24 @@ def test_weighted_score_thresholds_and_selection():
         SelfJudge(JudgeConfig(weights={"beauty": 1.0}), caption_reward=caption, detection_reward=detection)
 
 
+def test_kept_vs_dropped_pairs_every_kept_with_every_dropped_candidate():
+    rows = [{"prompt": "p", "image": f"{i}.png", "seed": i, "score": s, "kept": k}
+            for i, (s, k) in enumerate([(3.0, True), (2.5, True), (2.0, False), (1.0, False), (2.49, False)])]
+    _, pairs = select(rows, min_pair_gap=0.05, pairing="kept_vs_dropped")
+    got = [(p["chosen"], p["rejected"]) for p in pairs]
+    # widest gap first; 1.png vs 4.png (gap 0.01) is below min_pair_gap
+    assert got == [("0.png", "3.png"), ("1.png", "3.png"), ("0.png", "2.png"), ("0.png", "4.png"), ("1.png", "2.png")]
+    _, capped = select(rows, min_pair_gap=0.05, pairing="kept_vs_dropped", max_pairs_per_prompt=2)
+    assert [(p["chosen"], p["rejected"]) for p in capped] == got[:2]
+    _, best_worst = select(rows, min_pair_gap=0.05)
+    assert [(p["chosen"], p["rejected"]) for p in best_worst] == [("0.png", "3.png")]
+    assert select([dict(r, kept=False) for r in rows], pairing="kept_vs_dropped")[1] == []  # nothing judged correct: no pair
+    with pytest.raises(RewardiffError, match="judge.pairing"):
+        select(rows, pairing="all")
+    with pytest.raises(RewardiffError, match="max_pairs_per_prompt"):
+        select(rows, pairing="kept_vs_dropped", max_pairs_per_prompt=-1)
+
+
 def test_shipped_shapes_judges_prefer_the_right_render(tmp_path):
     """Rendered ground truth for the prompt scores above a render of another prompt."""
     from rewardiff.generation import load_metadata

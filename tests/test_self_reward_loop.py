@@ -102,6 +102,9 @@ def test_bad_settings_are_clear_errors(tmp_path, eval_prompts):
         run_self_reward(_cfg(tmp_path / "x", eval_prompts, rounds=0), progress=False)
     with pytest.raises(RewardiffError, match="no training prompt names"):
         run_self_reward(_cfg(tmp_path / "y", eval_prompts, classes=["dog"]), progress=False)
+    with pytest.raises(RewardiffError, match="judge.pairing"):  # refused before any candidate is generated
+        run_self_reward(_cfg(tmp_path / "z", eval_prompts, **{"judge.pairing": "every"}), progress=False)
+    assert not (tmp_path / "z" / "round_1").exists()
 
 
 def test_cli_names_bad_classes(tmp_path, capsys):

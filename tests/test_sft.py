@@ -57,6 +57,25 @@ def test_min_snr_weight_matches_the_formula_for_both_targets():
     assert w[0].item() == 0.0 and 0 < w[1].item() < 0.1  # pure noise and near-clean steps weigh little
 
 
+def test_timestep_fraction_limits_training_noise_levels(tmp_path):
+    from diffusers import DDIMScheduler
+
+    from rewardiff.diffusion.training_loss import sample_timesteps, timestep_bounds
+
+    sched = DDIMScheduler()
+    high = sample_timesteps(sched, 4000, torch.Generator().manual_seed(0), [0.6, 1.0])
+    assert int(high.min()) >= 600 and int(high.max()) == 999 and float(high.float().mean()) == pytest.approx(799.5, abs=5)
+    # the full range draws exactly what the plain uniform draw did (earlier runs reproduce)
+    assert torch.equal(sample_timesteps(sched, 16, torch.Generator().manual_seed(3)), torch.randint(0, 1000, (16,), generator=torch.Generator().manual_seed(3)))
+    assert timestep_bounds(sched, [0.999, 1.0]) == (999, 1000)
+    for bad in ([0.5, 0.5], [-0.1, 1.0], [0.2, 1.5], [0.5]):
+        with pytest.raises(RewardiffError, match="timestep fraction"):
+            timestep_bounds(sched, bad)
+    with pytest.raises(RewardiffError, match="timestep fraction"):  # refused before any work is written
+        train_lora(load_pipeline("shapes")[0], _examples(), SFTConfig(timesteps=[0.9, 0.1]), tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def _examples(rejected: bool = False) -> list[TrainExample]:
     prompts = ["a red circle", "a blue square"]
     return [TrainExample(p, render(p, i).image, render("a green triangle", i).image if rejected else None) for i, p in enumerate(prompts)]

@@ -22,7 +22,7 @@ weights, optimiser, step) is written atomically every `checkpoint_every` steps.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
-from rewardiff.diffusion.training_loss import denoising_loss, diffusion_target
+from rewardiff.diffusion.training_loss import denoising_loss, diffusion_target, sample_timesteps, timestep_bounds
 from rewardiff.errors import RewardiffError
 
 CHECKPOINT = "checkpoint"
@@ -51,6 +51,7 @@ class SFTConfig:
     snr_gamma: float = 0.0  # min-SNR-gamma loss weighting of the SFT loss (the shapes generator was pre-trained with 5); 0 = uniform
     dpo_beta: float = 2000.0  # Diffusion-DPO beta (Wallace et al. use 5000 on SD 1.5's latents)
     dpo_sft_weight: float = 0.0  # + this x SFT loss on the chosen images (0 = pure DPO)
+    timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # train on this fraction of the schedule; [0.6, 1.0] = the noisiest 40%, where layout forms (not the fine detail of the model's own artefacts)
     grad_clip: float = 1.0  # max global grad norm
     checkpoint_every: int = 100  # steps between resumable checkpoints
     seed: int = 0
@@ -148,6 +149,7 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
         raise RewardiffError("nothing to train on: the judge kept no candidate (lower the judge thresholds or write more prompts)")
     if cfg.loss == "dpo" and any(e.rejected is None for e in examples):
         raise RewardiffError("DPO needs a rejected image for every example (best-vs-worst pairs)")
+    timestep_bounds(pipe.scheduler, cfg.timesteps)  # a bad range fails before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     final = out / "lora" / LORA_FILE
@@ -163,7 +165,6 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
     start = _load_checkpoint(out, modules, optimizer)
 
     scheduler = pipe.scheduler
-    n_train = scheduler.config.num_train_timesteps
     latents_w = _images_to_latents(pipe, [e.image for e in examples])
     latents_l = _images_to_latents(pipe, [e.rejected for e in examples]) if cfg.loss == "dpo" else None
     prompts = [e.prompt for e in examples]
@@ -185,11 +186,11 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
             text = _encode(pipe, batch_prompts)
         z0 = latents_w[idx].to(device)
         if cfg.loss == "sft":
-            loss = denoising_loss(pipe.unet, scheduler, z0, text, gen, cfg.snr_gamma)
+            loss = denoising_loss(pipe.unet, scheduler, z0, text, gen, cfg.snr_gamma, cfg.timesteps)
             metrics = {}
         else:
             noise = torch.randn(z0.shape, generator=gen).to(device)
-            t = torch.randint(0, n_train, (len(idx),), generator=gen).to(device)
+            t = sample_timesteps(scheduler, len(idx), gen, cfg.timesteps).to(device)
             zl = latents_l[idx].to(device)
             both, noise2, t2, text2 = torch.cat([z0, zl]), torch.cat([noise, noise]), torch.cat([t, t]), torch.cat([text, text])
             noisy = scheduler.add_noise(both, noise2, t2)

@@ -37,11 +37,32 @@ def min_snr_weight(scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
     return clipped / (snr + 1)
 
 
-def denoising_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, snr_gamma: float = 0.0) -> torch.Tensor:
+def timestep_bounds(scheduler, fraction: tuple[float, float] | list[float] = (0.0, 1.0)) -> tuple[int, int]:
+    """[lo, hi) training timesteps from a fraction of the schedule: (0.6, 1.0) is the noisiest 40%,
+    where a sample's layout (which objects, where) is decided; its fine detail forms below."""
+    if len(fraction) != 2:
+        raise RewardiffError(f"timestep fraction must be [lo, hi], got {list(fraction)}")
+    lo, hi = (float(f) for f in fraction)
+    if not 0.0 <= lo < hi <= 1.0:
+        raise RewardiffError(f"timestep fraction must satisfy 0 <= lo < hi <= 1, got [{lo}, {hi}]")
+    n = scheduler.config.num_train_timesteps
+    a, b = round(lo * n), round(hi * n)
+    return a, max(b, a + 1)
+
+
+def sample_timesteps(scheduler, n: int, gen: torch.Generator, fraction: tuple[float, float] | list[float] = (0.0, 1.0)) -> torch.Tensor:
+    """n training timesteps, uniform over the given fraction of the schedule (CPU, from `gen`)."""
+    lo, hi = timestep_bounds(scheduler, fraction)
+    return torch.randint(lo, hi, (n,), generator=gen)
+
+
+def denoising_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, snr_gamma: float = 0.0,
+                   timesteps: tuple[float, float] | list[float] = (0.0, 1.0)) -> torch.Tensor:
     """The standard diffusion training loss of one batch: noise and timesteps drawn (on the CPU,
-    in that order) from `gen`, per-example MSE to `diffusion_target`, min-SNR weighted, mean."""
+    in that order) from `gen` (timesteps from the `timesteps` fraction of the schedule), per-example
+    MSE to `diffusion_target`, min-SNR weighted, mean."""
     noise = torch.randn(latents.shape, generator=gen).to(latents.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=gen).to(latents.device)
+    t = sample_timesteps(scheduler, len(latents), gen, timesteps).to(latents.device)
     pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=cond).sample
     per_example = ((pred.float() - diffusion_target(scheduler, latents, noise, t).float()) ** 2).mean(dim=(1, 2, 3))
     return (per_example * min_snr_weight(scheduler, t, snr_gamma).to(per_example.device)).mean()

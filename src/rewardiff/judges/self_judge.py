@@ -18,7 +18,7 @@ A candidate is *kept* when its score >= min_score and every component named in `
 at least its value (count: 1.0 and relation: 1.0 = the detector sees exactly the asked objects in
 the asked relation; the paper's image-filtering step). Per prompt: the best kept candidates (keep_per_prompt) form the SFT set; the best
 and the worst candidate form a preference pair (Diffusion-DPO) when their scores differ by at
-least min_pair_gap. Every judgement (components, caption, detections) is written to
+least min_pair_gap (`pairing: kept_vs_dropped`: every kept candidate against every dropped one). Every judgement (components, caption, detections) is written to
 judgements.jsonl so a person can audit why an image was chosen. No oracle is ever called here.
 """
 
@@ -54,7 +54,9 @@ class JudgeConfig:
     min_score: float = -1e9  # a candidate is kept only if its judged score is at least this ...
     thresholds: dict[str, float] = field(default_factory=dict)  # ... and each named component at least its value (e.g. count: 1.0)
     keep_per_prompt: int = 1  # best kept candidates per prompt in the SFT set (the paper: 1, the optimal pair)
-    min_pair_gap: float = 0.05  # best - worst judged score for a DPO pair
+    min_pair_gap: float = 0.05  # chosen - rejected judged score for a DPO pair
+    pairing: str = "best_worst"  # DPO pairs per prompt: best_worst (one: best kept vs worst) | kept_vs_dropped (every kept vs every dropped candidate)
+    max_pairs_per_prompt: int = 0  # kept_vs_dropped: keep the widest-gap pairs of each prompt (0 = all)
     batch_size: int = 64  # images per judge call
 
 
@@ -237,8 +239,21 @@ def judge_rows(judge: SelfJudge, rows: list[dict], root: Path, batch_size: int, 
     return out
 
 
-def select(judgements: list[dict], keep_per_prompt: int = 1, min_pair_gap: float = 0.05) -> tuple[list[dict], list[dict]]:
-    """(SFT set: the best kept candidates of each prompt, DPO pairs: best vs worst per prompt)."""
+PAIRINGS = ("best_worst", "kept_vs_dropped")
+
+
+def select(judgements: list[dict], keep_per_prompt: int = 1, min_pair_gap: float = 0.05, pairing: str = "best_worst",
+           max_pairs_per_prompt: int = 0) -> tuple[list[dict], list[dict]]:
+    """(SFT set: the best kept candidates of each prompt, DPO pairs).
+
+    best_worst gives at most one pair per prompt, the paper's optimal image against the worst.
+    kept_vs_dropped pairs every candidate the thresholds kept with every one they dropped: the
+    same judgements give several times the preference signal, and each pair contrasts a
+    judged-correct image with a judged-wrong one rather than two near-equal images."""
+    if pairing not in PAIRINGS:
+        raise RewardiffError(f"judge.pairing must be one of {PAIRINGS}, got {pairing!r}")
+    if max_pairs_per_prompt < 0:
+        raise RewardiffError(f"judge.max_pairs_per_prompt must be >= 0 (0 = all), got {max_pairs_per_prompt}")
     by_prompt: dict[str, list[dict]] = {}
     for j in judgements:
         by_prompt.setdefault(j["prompt"], []).append(j)
@@ -246,10 +261,15 @@ def select(judgements: list[dict], keep_per_prompt: int = 1, min_pair_gap: float
     for prompt, cands in by_prompt.items():
         ranked = sorted(cands, key=lambda j: (-j["score"], j.get("seed") or 0))
         chosen += [j for j in ranked if j["kept"]][:keep_per_prompt]
-        best, worst = ranked[0], ranked[-1]
-        if len(ranked) > 1 and best["kept"] and best["score"] - worst["score"] >= min_pair_gap:
-            pairs.append({"prompt": prompt, "chosen": best["image"], "rejected": worst["image"],
-                          "chosen_score": best["score"], "rejected_score": worst["score"]})
+        if pairing == "best_worst":
+            candidates = [(ranked[0], ranked[-1])] if len(ranked) > 1 and ranked[0]["kept"] else []
+        else:
+            candidates = [(w, l) for w in ranked if w["kept"] for l in ranked if not l["kept"]]
+            candidates.sort(key=lambda wl: -(wl[0]["score"] - wl[1]["score"]))  # stable: ties keep rank order
+            if max_pairs_per_prompt:
+                candidates = candidates[:max_pairs_per_prompt]
+        pairs += [{"prompt": prompt, "chosen": w["image"], "rejected": l["image"], "chosen_score": w["score"], "rejected_score": l["score"]}
+                  for w, l in candidates if w["score"] - l["score"] >= min_pair_gap]
     return chosen, pairs
 
 

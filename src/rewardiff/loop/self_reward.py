@@ -139,7 +139,8 @@ def phase_judge(ctx: _Context, k: int, folder: Path, meta: Path) -> dict:
         return json.loads(done.read_text())
     rows, root = load_metadata(meta)
     judged = judge_rows(ctx.self_judge(), rows, root, ctx.cfg.judge.batch_size, ctx.progress, desc=f"judge r{k}")
-    selected, pairs = select(judged, ctx.cfg.judge.keep_per_prompt, ctx.cfg.judge.min_pair_gap)
+    jc = ctx.cfg.judge
+    selected, pairs = select(judged, jc.keep_per_prompt, jc.min_pair_gap, jc.pairing, jc.max_pairs_per_prompt)
     for name, items in (("judgements", judged), ("selected", selected), ("pairs", pairs)):
         atomic_write_text(folder / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in items))
     summary = {"candidates": len(judged), "kept": sum(j["kept"] for j in judged), "selected": len(selected), "pairs": len(pairs),
@@ -150,6 +151,14 @@ def phase_judge(ctx: _Context, k: int, folder: Path, meta: Path) -> dict:
     return summary
 
 
+def training_examples(loss: str, selected: list[dict], pairs: list[dict], root: Path) -> list[TrainExample]:
+    """A round's fine-tuning data from its selection: the selected images (SFT) or the
+    chosen/rejected pairs (DPO), image paths relative to the candidates folder `root`."""
+    if loss == "dpo":
+        return [TrainExample(p["prompt"], load_image(root / p["chosen"]), load_image(root / p["rejected"])) for p in pairs]
+    return [TrainExample(s["prompt"], load_image(root / s["image"])) for s in selected]
+
+
 def phase_train(ctx: _Context, k: int, folder: Path, root: Path, prev_lora: str | None) -> str:
     from rewardiff.models.pipeline import load_pipeline, resolve_dtype
 
@@ -157,11 +166,7 @@ def phase_train(ctx: _Context, k: int, folder: Path, root: Path, prev_lora: str 
     final = folder / "train" / "lora" / "lora.safetensors"
     if final.is_file():
         return str(final)
-    if cfg.train.loss == "dpo":
-        pairs = list(read_jsonl(folder / "pairs.jsonl"))
-        examples = [TrainExample(p["prompt"], load_image(root / p["chosen"]), load_image(root / p["rejected"])) for p in pairs]
-    else:
-        examples = [TrainExample(s["prompt"], load_image(root / s["image"])) for s in read_jsonl(folder / "selected.jsonl")]
+    examples = training_examples(cfg.train.loss, list(read_jsonl(folder / "selected.jsonl")), list(read_jsonl(folder / "pairs.jsonl")), root)
     pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype("float32", cfg.device))
     train = SFTConfig(**{**asdict(cfg.train), "seed": cfg.train.seed + k})
     return str(train_lora(pipe, examples, train, folder / "train", init_lora=prev_lora, progress=ctx.progress))
@@ -216,6 +221,7 @@ def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: st
         raise RewardiffError("rounds, candidates and prompts_per_round must be at least 1")
     if cfg.candidates < 2 and cfg.train.loss == "dpo":
         raise RewardiffError("DPO needs at least 2 candidates per prompt (best vs worst)")
+    select([], pairing=cfg.judge.pairing, max_pairs_per_prompt=cfg.judge.max_pairs_per_prompt)  # a bad pairing fails now, not after the candidates
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
