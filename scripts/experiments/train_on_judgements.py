@@ -39,7 +39,7 @@ def main() -> None:
     examples = []
     for folder in map(Path, a.rounds):
         selected, pairs = select(list(read_jsonl(folder / "judgements.jsonl")), a.keep_per_prompt, a.min_pair_gap, a.pairing)
-        examples += training_examples(cfg.loss, selected, pairs, folder / "candidates")
+        examples += training_examples(cfg.loss, pairs if cfg.loss == "dpo" else selected, folder / "candidates")
     print(json.dumps({"examples": len(examples), "loss": cfg.loss}))
     pipe, _ = load_pipeline(a.model)
     print(train_lora(pipe, examples, cfg, a.out))

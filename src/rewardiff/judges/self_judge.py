@@ -242,6 +242,14 @@ def judge_rows(judge: SelfJudge, rows: list[dict], root: Path, batch_size: int, 
 PAIRINGS = ("best_worst", "kept_vs_dropped")
 
 
+def check_pairing(pairing: str, max_pairs_per_prompt: int) -> None:
+    """Refuse an unknown pairing or a negative cap (the loop calls it before any candidate exists)."""
+    if pairing not in PAIRINGS:
+        raise RewardiffError(f"judge.pairing must be one of {PAIRINGS}, got {pairing!r}")
+    if max_pairs_per_prompt < 0:
+        raise RewardiffError(f"judge.max_pairs_per_prompt must be >= 0 (0 = all), got {max_pairs_per_prompt}")
+
+
 def select(judgements: list[dict], keep_per_prompt: int = 1, min_pair_gap: float = 0.05, pairing: str = "best_worst",
            max_pairs_per_prompt: int = 0) -> tuple[list[dict], list[dict]]:
     """(SFT set: the best kept candidates of each prompt, DPO pairs).
@@ -250,10 +258,7 @@ def select(judgements: list[dict], keep_per_prompt: int = 1, min_pair_gap: float
     kept_vs_dropped pairs every candidate the thresholds kept with every one they dropped: the
     same judgements give several times the preference signal, and each pair contrasts a
     judged-correct image with a judged-wrong one rather than two near-equal images."""
-    if pairing not in PAIRINGS:
-        raise RewardiffError(f"judge.pairing must be one of {PAIRINGS}, got {pairing!r}")
-    if max_pairs_per_prompt < 0:
-        raise RewardiffError(f"judge.max_pairs_per_prompt must be >= 0 (0 = all), got {max_pairs_per_prompt}")
+    check_pairing(pairing, max_pairs_per_prompt)
     by_prompt: dict[str, list[dict]] = {}
     for j in judgements:
         by_prompt.setdefault(j["prompt"], []).append(j)
@@ -262,14 +267,14 @@ def select(judgements: list[dict], keep_per_prompt: int = 1, min_pair_gap: float
         ranked = sorted(cands, key=lambda j: (-j["score"], j.get("seed") or 0))
         chosen += [j for j in ranked if j["kept"]][:keep_per_prompt]
         if pairing == "best_worst":
-            candidates = [(ranked[0], ranked[-1])] if len(ranked) > 1 and ranked[0]["kept"] else []
+            won_lost = [(ranked[0], ranked[-1])] if len(ranked) > 1 and ranked[0]["kept"] else []
         else:
-            candidates = [(w, l) for w in ranked if w["kept"] for l in ranked if not l["kept"]]
-            candidates.sort(key=lambda wl: -(wl[0]["score"] - wl[1]["score"]))  # stable: ties keep rank order
+            won_lost = [(w, l) for w in ranked if w["kept"] for l in ranked if not l["kept"]]
+            won_lost.sort(key=lambda wl: -(wl[0]["score"] - wl[1]["score"]))  # stable: ties keep rank order
             if max_pairs_per_prompt:
-                candidates = candidates[:max_pairs_per_prompt]
+                won_lost = won_lost[:max_pairs_per_prompt]
         pairs += [{"prompt": prompt, "chosen": w["image"], "rejected": l["image"], "chosen_score": w["score"], "rejected_score": l["score"]}
-                  for w, l in candidates if w["score"] - l["score"] >= min_pair_gap]
+                  for w, l in won_lost if w["score"] - l["score"] >= min_pair_gap]
     return chosen, pairs
 
 

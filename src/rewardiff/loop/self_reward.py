@@ -29,7 +29,7 @@ from rewardiff.errors import RewardiffError
 from rewardiff.generation import METADATA, GenerateConfig, SamplingSettings, load_metadata, run_generation
 from rewardiff.io_utils import atomic_write_text, load_image, read_jsonl, write_json
 from rewardiff.judges.prompt_writer import PromptWriterConfig, build_writer, shapes_validator, write_prompts
-from rewardiff.judges.self_judge import JudgeConfig, SelfJudge, judge_rows, mean_components, select
+from rewardiff.judges.self_judge import JudgeConfig, SelfJudge, check_pairing, judge_rows, mean_components, select
 
 
 @dataclass
@@ -151,12 +151,12 @@ def phase_judge(ctx: _Context, k: int, folder: Path, meta: Path) -> dict:
     return summary
 
 
-def training_examples(loss: str, selected: list[dict], pairs: list[dict], root: Path) -> list[TrainExample]:
-    """A round's fine-tuning data from its selection: the selected images (SFT) or the
-    chosen/rejected pairs (DPO), image paths relative to the candidates folder `root`."""
+def training_examples(loss: str, rows: list[dict], root: Path) -> list[TrainExample]:
+    """A round's fine-tuning data: `rows` are the selected images (SFT) or the chosen/rejected
+    pairs (DPO) of `select`, image paths relative to the candidates folder `root`."""
     if loss == "dpo":
-        return [TrainExample(p["prompt"], load_image(root / p["chosen"]), load_image(root / p["rejected"])) for p in pairs]
-    return [TrainExample(s["prompt"], load_image(root / s["image"])) for s in selected]
+        return [TrainExample(p["prompt"], load_image(root / p["chosen"]), load_image(root / p["rejected"])) for p in rows]
+    return [TrainExample(s["prompt"], load_image(root / s["image"])) for s in rows]
 
 
 def phase_train(ctx: _Context, k: int, folder: Path, root: Path, prev_lora: str | None) -> str:
@@ -166,7 +166,8 @@ def phase_train(ctx: _Context, k: int, folder: Path, root: Path, prev_lora: str 
     final = folder / "train" / "lora" / "lora.safetensors"
     if final.is_file():
         return str(final)
-    examples = training_examples(cfg.train.loss, list(read_jsonl(folder / "selected.jsonl")), list(read_jsonl(folder / "pairs.jsonl")), root)
+    rows = read_jsonl(folder / ("pairs.jsonl" if cfg.train.loss == "dpo" else "selected.jsonl"))
+    examples = training_examples(cfg.train.loss, list(rows), root)
     pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype("float32", cfg.device))
     train = SFTConfig(**{**asdict(cfg.train), "seed": cfg.train.seed + k})
     return str(train_lora(pipe, examples, train, folder / "train", init_lora=prev_lora, progress=ctx.progress))
@@ -221,7 +222,7 @@ def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: st
         raise RewardiffError("rounds, candidates and prompts_per_round must be at least 1")
     if cfg.candidates < 2 and cfg.train.loss == "dpo":
         raise RewardiffError("DPO needs at least 2 candidates per prompt (best vs worst)")
-    select([], pairing=cfg.judge.pairing, max_pairs_per_prompt=cfg.judge.max_pairs_per_prompt)  # a bad pairing fails now, not after the candidates
+    check_pairing(cfg.judge.pairing, cfg.judge.max_pairs_per_prompt)  # fails now, not after the candidates
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
