@@ -90,3 +90,16 @@ def test_non_finite_rewards_and_bad_modes_are_clear_errors():
         compute_advantages("per_prompt", ["a"], torch.tensor([1.0]))
     with pytest.raises(RewardiffError, match="prompts"):
         compute_advantages("group", ["a"], torch.tensor([1.0, 2.0]))
+
+
+def test_group_mean_batch_std_keeps_near_ties_near_zero():
+    """A group whose rewards nearly tie gets near-zero advantages (group std would blow them up to +-1)."""
+    from rewardiff.algorithms.advantages import compute_advantages
+
+    prompts = ["a", "a", "b", "b"]
+    rewards = torch.tensor([3.00, 3.01, 1.0, 3.0])
+    adv = compute_advantages("group_batch_std", prompts, rewards)
+    grpo = compute_advantages("group", prompts, rewards)
+    assert grpo[:2].abs().min() > 0.99  # GRPO: the 0.01 tie becomes +-1
+    assert adv[:2].abs().max() < 0.01 and adv[3] > 0.9 and adv[2] < -0.9
+    torch.testing.assert_close(adv.sum(), torch.tensor(0.0))

@@ -235,3 +235,65 @@ def test_one_ppo_step_moves_probability_towards_positive_advantages(tiny_sd_dir,
             new[:, i] = D.ddim_step_with_logprob(pipe.scheduler, out, t, samples.latents[:, i], eta=1.0, prev_sample=samples.latents[:, i + 1]).log_prob
     gain = (samples.advantages[:, None] * (new - samples.log_probs)).sum()
     assert gain > 0
+
+
+def test_trust_region_is_per_dimension_and_independent_of_latent_size():
+    """The same per-dimension change gives the same ratio, whatever the latent's size (issue 14)."""
+    for dims in (1024, 16384, 65536):
+        log_ratio = torch.tensor([1e-4 * dims])  # each dimension's density 1e-4 nats higher
+        assert D.per_dim_ratio(log_ratio, dims).item() == pytest.approx(1.0001, rel=1e-7)
+    # a summed log-ratio that would be clipped hard by a summed-density clip of 1e-4 is inside the region
+    ratio = D.per_dim_ratio(torch.tensor([0.05]), 1024)
+    assert ppo_loss(torch.tensor([1.0]), ratio, 1e-4).requires_grad is False
+    assert abs(ratio.item() - 1) < 1e-4
+
+
+def test_train_window_picks_the_high_noise_steps():
+    assert D.window_positions(10, [0.0, 0.5]).tolist() == [0, 1, 2, 3, 4]
+    assert D.window_positions(10, [0.0, 1.0]).tolist() == list(range(10))
+    assert D.window_positions(3, [0.9, 1.0]).tolist() == [2]  # never empty
+    with pytest.raises(RewardiffError, match="train_window"):
+        D.validate(DDPOConfig(train_window=[0.5, 0.5]))
+
+
+def test_text_encoder_target_trains_without_guidance(tiny_sd_dir, tmp_path):
+    """guidance <= 1 (SD-Turbo-like models): the unused uncond embedding has no gradient (issue 14 bug 4)."""
+    pipe = load_pipeline(str(tiny_sd_dir))[0]
+    result = train_ddpo(_cfg(tiny_sd_dir, tmp_path, target="text_encoder", guidance=1.0, epochs=1), pipe, JpegIncompressibility(), progress=False)
+    assert result.lora.is_file()
+
+
+class _Redness(Reward):
+    name = "redness"
+
+    def score(self, images, prompts):
+        return RewardOutput(images[:, 0].mean(dim=(1, 2)) - images[:, 1:].mean(dim=(1, 2, 3)))
+
+
+@pytest.mark.parametrize("advantages", ["group", "group_batch_std"])
+def test_ddpo_raises_its_own_reward(tmp_path, advantages):
+    """Direction, on the shipped shapes generator: PPO on an easy reward (redness) raises it on
+    fresh seeds; a sign flip of the advantages or of the log-ratio would lower it."""
+    from rewardiff.diffusion import sample_trajectories
+    from rewardiff.models.lora import apply_loras, parse_lora_spec
+
+    prompts = ["a blue square", "three green circles"]
+    cfg = DDPOConfig(model="shapes", prompts="a blue square", target="unet", lora_rank=4, lr=1e-2, epochs=4, sample_batch_size=16,
+                     sample_batches=1, samples_per_prompt=8, train_batch_size=8, steps=4, guidance=5.0, advantages=advantages,
+                     clip_range=1e-4, train_window=[0.0, 0.5], out=str(tmp_path / "run"))
+    cfg.prompts = str(tmp_path / "prompts.txt")
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+
+    def mean_reward(lora=None) -> float:
+        p = load_pipeline("shapes")[0]
+        if lora is not None:
+            apply_loras(p, [parse_lora_spec(str(lora))])
+        batch = [q for q in prompts for _ in range(16)]
+        with torch.no_grad():
+            traj = sample_trajectories(p, batch, seeds=list(range(1000, 1000 + len(batch))), steps=4, guidance=5.0, guidance_rescale=0.7, eta=1.0)
+        return float(_Redness()(traj.images, batch).scores.mean())
+
+    before = mean_reward()
+    result = train_ddpo(cfg, load_pipeline("shapes")[0], _Redness(), progress=False)
+    after = mean_reward(result.lora)
+    assert after > before + 0.01, (before, after)

@@ -8,6 +8,7 @@ import pytest
 import rewardiff.generation as generation
 from rewardiff.cli import main
 from rewardiff.io_utils import read_jsonl
+from rewardiff.seeding import image_seed
 
 
 def _gen_args(model, out, *extra):
@@ -20,7 +21,7 @@ def test_generate_writes_pngs_metadata_and_config(tiny_sd_dir, tmp_path):
     out = tmp_path / "run"
     assert main(_gen_args(tiny_sd_dir, out)) == 0
     rows = list(read_jsonl(out / "metadata.jsonl"))
-    assert [r["seed"] for r in rows] == [0, 1, 2]
+    assert [r["seed"] for r in rows] == [image_seed(0, "a red circle", k) for k in range(3)]
     assert {r["prompt"] for r in rows} == {"a red circle"}
     assert all(r["model"] == str(tiny_sd_dir) and r["lora"] == [] for r in rows)
     assert all((out / r["image"]).is_file() for r in rows)

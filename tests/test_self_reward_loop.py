@@ -8,6 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from rewardiff.config import load_config
+from rewardiff.seeding import image_seed
 from rewardiff.errors import RewardiffError
 from rewardiff.loop.self_reward import SelfRewardConfig, run_self_reward
 
@@ -66,7 +67,8 @@ def test_run_layout_counts_and_prompts(full_run):
         for s in selected:
             assert s["score"] == max(j["score"] for j in judged if j["prompt"] == s["prompt"])
         meta = [json.loads(line) for line in (r / "candidates" / "metadata.jsonl").read_text().splitlines()]
-        assert {m["seed"] for m in meta} == {1000 * k, 1000 * k + 1}
+        assert [m["seed"] for m in meta] == [image_seed(1000 * k, m["prompt"], m["index"]) for m in meta]
+        assert len({m["seed"] for m in meta}) == len(meta)  # independent noise per (prompt, image)
         assert (meta[0]["lora"] == []) == (k == 1)  # round 2 generates with round 1's LoRA
     assert "round 2" in (full_run / "summary.md").read_text()
     assert (full_run / "plots" / "rounds.png").is_file() and (full_run / "plots" / "winrate.png").is_file()

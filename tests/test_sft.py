@@ -9,19 +9,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rewardiff.algorithms.sft import SFTConfig, TrainExample, diffusion_dpo_loss, diffusion_target, train_lora
+from rewardiff.algorithms.sft import SFTConfig, TrainExample, diffusion_dpo_loss, diffusion_target, dpo_errors, prepare_lora, train_lora
 from rewardiff.errors import RewardiffError
 from rewardiff.models.pipeline import load_pipeline
 from rewardiff.shapes.render import render
 
 
 def test_dpo_loss_exact_values():
-    mw, ml, rw, rl = torch.tensor([0.2, 0.5]), torch.tensor([0.4, 0.1]), torch.tensor([0.3, 0.3]), torch.tensor([0.3, 0.3])
+    # unequal reference errors: a loss that dropped the reference or flipped its sign would differ
+    mw, ml, rw, rl = torch.tensor([0.2, 0.5]), torch.tensor([0.4, 0.1]), torch.tensor([0.3, 0.1]), torch.tensor([0.25, 0.3])
     loss, m = diffusion_dpo_loss(mw, ml, rw, rl, beta=10.0)
-    # inside = -0.5 * 10 * ((mw - ml) - (rw - rl)) = [1.0, -2.0]
-    expected = (-math.log(1 / (1 + math.exp(-1.0))) - math.log(1 / (1 + math.exp(2.0)))) / 2
+    # model_diff = [-0.2, 0.4], ref_diff = [0.05, -0.2]; inside = -0.5 * 10 * (model_diff - ref_diff) = [1.25, -3.0]
+    expected = (math.log1p(math.exp(-1.25)) + math.log1p(math.exp(3.0))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+    no_reference = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(2.0))) / 2  # inside = [1.0, -2.0]
+    flipped_reference = (math.log1p(math.exp(-0.75)) + math.log1p(math.exp(1.0))) / 2  # inside = [0.75, -1.0]
+    assert abs(expected - no_reference) > 0.1 and abs(expected - flipped_reference) > 0.1
     assert m["implicit_acc"] == 0.5
+    assert m["model_diff"] == pytest.approx(0.1) and m["ref_diff"] == pytest.approx(-0.075)
     same, _ = diffusion_dpo_loss(rw, rl, rw, rl, beta=5000.0)  # model == reference: log 2
     assert same.item() == pytest.approx(math.log(2), rel=1e-6)
 
@@ -156,3 +161,110 @@ def test_sft_lowers_loss_on_its_data(tmp_path, snr_gamma):
     before = eval_loss(pipe)
     train_lora(pipe, ex, SFTConfig(steps=15, batch_size=4, lr=3e-3, rank=4, alpha=4.0, cond_dropout=0.0, snr_gamma=snr_gamma), tmp_path / "t", progress=False)
     assert eval_loss(pipe) < before
+
+
+def _randomise_text_encoder_lora(pipe, seed: int = 0) -> None:
+    """Non-zero text-encoder LoRA (B starts at zero), U-Net LoRA left at zero: the policy then
+    differs from the base model through its prompt embeddings only."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in pipe.text_encoder.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    assert all(float(p.detach().abs().sum()) == 0 for n, p in pipe.unet.named_parameters() if "lora_B" in n)
+
+
+def _pair_batch(pipe, examples, repeat: int = 1, seed: int = 0):
+    from rewardiff.algorithms.sft import _images_to_latents
+
+    zw = _images_to_latents(pipe, [e.image for e in examples]).repeat(repeat, 1, 1, 1)
+    zl = _images_to_latents(pipe, [e.rejected for e in examples]).repeat(repeat, 1, 1, 1)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(zw.shape, generator=g)
+    t = torch.randint(0, 1000, (zw.shape[0],), generator=g)
+    return zw, zl, noise, t, [e.prompt for e in examples] * repeat
+
+
+def test_dpo_reference_is_the_base_model_including_the_text_encoder():
+    """With train_text_encoder the reference re-encodes the prompts with the frozen text encoder:
+    its errors are the base pipeline's, not the policy's (text-encoder drift is penalised)."""
+    from rewardiff.algorithms.sft import _encode
+
+    pipe, _ = load_pipeline("shapes")
+    torch.manual_seed(0)
+    prepare_lora(pipe, SFTConfig(rank=2, alpha=2.0, loss="dpo", train_text_encoder=True))
+    _randomise_text_encoder_lora(pipe)
+    zw, zl, noise, t, prompts = _pair_batch(pipe, _examples(rejected=True))
+    text = _encode(pipe, prompts)
+    grads = {n: p.requires_grad for n, p in pipe.text_encoder.named_parameters()}
+    with torch.no_grad():
+        err, ref = dpo_errors(pipe, zw, zl, noise, t, text, prompts)
+        base, _ = load_pipeline("shapes")
+        base_err, base_ref = dpo_errors(base, zw, zl, noise, t, _encode(base, prompts))
+    assert float((err - ref).abs().max()) > 1e-3  # the policy's text-encoder LoRA is visible to the loss
+    torch.testing.assert_close(ref, base_err)  # the reference is the base model
+    torch.testing.assert_close(base_ref, base_err)  # (no adapters: reference = policy)
+    # the adapters are back on, trainability as before
+    assert torch.equal(_encode(pipe, prompts), text)
+    assert grads == {n: p.requires_grad for n, p in pipe.text_encoder.named_parameters()}
+
+
+def test_dpo_training_scores_the_reference_with_the_frozen_text_encoder(tmp_path, monkeypatch):
+    """Through train_lora: at the first step (U-Net LoRA still zero, text-encoder LoRA non-zero)
+    the policy's errors differ from the reference's; reusing the LoRA text embeddings for the
+    reference made them equal."""
+    import rewardiff.algorithms.sft as sft
+
+    real_prepare, real_loss, seen = sft.prepare_lora, sft.diffusion_dpo_loss, []
+
+    def prepare_then_randomise(pipe, cfg, init_lora=None):
+        modules = real_prepare(pipe, cfg, init_lora)
+        _randomise_text_encoder_lora(pipe)
+        return modules
+
+    def record(model_w, model_l, ref_w, ref_l, beta):
+        seen.append([x.detach().clone() for x in (model_w, model_l, ref_w, ref_l)])
+        return real_loss(model_w, model_l, ref_w, ref_l, beta)
+
+    monkeypatch.setattr(sft, "prepare_lora", prepare_then_randomise)
+    monkeypatch.setattr(sft, "diffusion_dpo_loss", record)
+    cfg = SFTConfig(**{**CFG, "steps": 1, "loss": "dpo", "train_text_encoder": True, "cond_dropout": 0.0})
+    train_lora(load_pipeline("shapes")[0], _examples(rejected=True), cfg, tmp_path / "te", progress=False)
+    model_w, model_l, ref_w, ref_l = seen[0]
+    assert float((model_w - ref_w).abs().max()) > 1e-3 and float((model_l - ref_l).abs().max()) > 1e-3
+
+
+def _dpo_margin(pipe, examples) -> tuple[float, float]:
+    """(mean DPO margin, min reference gap) on fixed (t, noise) draws of the pairs:
+    margin = (e_w - r_w) - (e_l - r_l) (< 0: chosen denoised better than rejected, relative to the
+    reference), reference gap = r_l - r_w."""
+    from rewardiff.algorithms.sft import _encode
+
+    zw, zl, noise, t, prompts = _pair_batch(pipe, examples, repeat=8, seed=1)
+    with torch.no_grad():
+        err, ref = dpo_errors(pipe, zw, zl, noise, t, _encode(pipe, prompts))
+    b = zw.shape[0]
+    return float(((err[:b] - ref[:b]) - (err[b:] - ref[b:])).mean()), float((ref[b:] - ref[:b]).min())
+
+
+def test_dpo_lowers_the_chosen_error_relative_to_the_rejected_one(tmp_path):
+    """The direction of Diffusion-DPO (issue 13 audit): a few steps lower the chosen image's
+    denoising error relative to the rejected one's, both measured against the reference.
+
+    Mutants this catches (each checked by hand): chosen and rejected swapped at the call in
+    train_lora moves the margin the wrong way (+0.15); a reference term of the wrong sign only
+    reweights the gradient, so the data make that weight vanish: the rejected images are pixel
+    noise, which the base model denoises much worse than the renders (reference gap
+    r_l - r_w > 1, checked), and with beta = 2000 that loss starts at -log sigmoid(-1000), whose
+    gradient is 0: its margin stays 0. The correct loss starts at log 2 and reaches about -0.14."""
+    rng = np.random.default_rng(0)
+    prompts = ["a red circle", "a blue square"]
+    renders = [render(p, i).image for i, p in enumerate(prompts)]
+    examples = [TrainExample(p, im, rng.integers(0, 256, im.shape, dtype=np.uint8)) for p, im in zip(prompts, renders)]
+    pipe, _ = load_pipeline("shapes")
+    before, gap = _dpo_margin(pipe, examples)
+    assert before == 0.0 and gap > 1.0  # no LoRA yet: policy = reference; the reference clearly prefers the chosen
+    cfg = SFTConfig(loss="dpo", steps=6, batch_size=2, lr=1e-3, rank=4, alpha=4.0, cond_dropout=0.0, dpo_beta=2000.0, checkpoint_every=100)
+    train_lora(pipe, examples, cfg, tmp_path / "dpo", progress=False)
+    after, _ = _dpo_margin(pipe, examples)
+    assert after < -0.01, f"DPO margin {after:.3g}: the chosen image's error did not fall relative to the rejected one's"

@@ -350,3 +350,26 @@ def test_report_of_real_verdicts():
     for cat in CATEGORIES:
         assert cat in md
 
+
+
+_BOUNDARY_PLACES = {  # (red x, red y), (blue x, blue y) of two 8x8 squares, 12 px apart on the other axis
+    "left of": lambda d: ((10, 2), (10 + d, 14)),
+    "right of": lambda d: ((10 + d, 2), (10, 14)),
+    "above": lambda d: ((2, 10), (14, 10 + d)),
+    "below": lambda d: ((2, 10 + d), (14, 10)),
+}
+
+
+@pytest.mark.parametrize("rel", list(_BOUNDARY_PLACES))
+@pytest.mark.parametrize("offset,passes", [(3, True), (2, False)])
+def test_position_margin_boundary_is_exactly_three_pixels(rel, offset, passes):
+    """Centres exactly 3 px apart along the axis pass (<=), 2 px fail: probes the margin's units and
+    its comparison, which rendered images (drawn 2 px past the margin) never touch."""
+    from rewardiff.shapes.oracle import judge
+
+    image = np.full((32, 32, 3), 255, dtype=np.uint8)
+    (rx, ry), (bx, by) = _BOUNDARY_PLACES[rel](offset)
+    image[ry:ry + 8, rx:rx + 8] = (220, 40, 40)
+    image[by:by + 8, bx:bx + 8] = (40, 80, 220)
+    verdict = judge(image, f"a red square {rel} a blue square")
+    assert verdict.passed is passes, verdict.reason

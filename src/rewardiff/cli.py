@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     cfg = _load(GenerateConfig, args, {
         "model": args.model, "prompts": args.prompts, "num_images": args.num_images, "seed": args.seed,
         "out": args.out, "batch_size": args.batch_size, "device": args.device, "loras": args.lora or None,
-        "sampling.steps": args.steps, "sampling.guidance": args.guidance,
+        "sampling.steps": args.steps, "sampling.guidance": args.guidance, "best_of": args.best_of, "judge": args.judge,
     })
     meta = run_generation(cfg)
     print(f"wrote {meta}")
@@ -76,10 +77,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_train_refl(args: argparse.Namespace) -> int:
     from rewardiff.algorithms.refl import ReFLConfig, train_refl
+    from rewardiff.generation import check_prompts_for_model, read_prompts
     from rewardiff.models.pipeline import load_pipeline
     from rewardiff.rewards.registry import build_rewards
 
     cfg = _load(ReFLConfig, args, {"out": args.out, "reward": args.reward or None, "seed": args.seed, "device": args.device})
+    check_prompts_for_model(read_prompts(cfg.prompts), cfg.model)  # before loading anything
     pipe, _ = load_pipeline(cfg.model, device=cfg.device)
     path = train_refl(cfg, pipe, build_rewards(cfg.reward, device=cfg.device))
     print(f"LoRA written to {path}")
@@ -87,12 +90,15 @@ def _cmd_train_refl(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_ddpo(args: argparse.Namespace) -> int:
-    from rewardiff.algorithms.ddpo import DDPOConfig, train_ddpo
+    from rewardiff.algorithms.ddpo import DDPOConfig, train_ddpo, validate
+    from rewardiff.generation import check_prompts_for_model, read_prompts
     from rewardiff.models.pipeline import load_pipeline, resolve_dtype
     from rewardiff.rewards.registry import build_rewards
 
     cfg = _load(DDPOConfig, args, {"out": args.out, "target": args.target, "reward": args.reward or None,
                                    "seed": args.seed, "device": args.device})
+    validate(cfg)  # before loading anything (train_ddpo checks again)
+    check_prompts_for_model(read_prompts(cfg.prompts), cfg.model)
     pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device))
     result = train_ddpo(cfg, pipe, build_rewards(cfg.reward, device=cfg.device))
     print(f"LoRA written to {result.lora} ({result.cpu_minutes:.1f} CPU-minutes)")
@@ -122,6 +128,15 @@ def _cmd_eval_winrate(args: argparse.Namespace) -> int:
 
     result, out = evaluate_winrate(args.base, args.tuned, args.reward, out=args.out, device=args.device)
     print(result.markdown())
+    print(f"\nwrote {out / RESULT_JSON} and {out / RESULT_MD}")
+    return 0
+
+
+def _cmd_eval_compare(args: argparse.Namespace) -> int:
+    from rewardiff.eval.compare import RESULT_JSON, RESULT_MD, compare_runs
+
+    results, out = compare_runs(args.base, args.tuned, rewards=args.reward or [], out=args.out, device=args.device)
+    print("\n\n".join(r.markdown() for r in results))
     print(f"\nwrote {out / RESULT_JSON} and {out / RESULT_MD}")
     return 0
 
@@ -197,10 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate images for prompts; writes PNGs + metadata.jsonl (resumable)")
     p.add_argument("--model", help="'shapes', a local pipeline folder, or a hub id (e.g. runwayml/stable-diffusion-v1-5)")
-    p.add_argument("--prompts", help="prompts file (.txt/.jsonl), 'shapes:heldout', 'shapes:train', or a prompt")
+    p.add_argument("--prompts", help="prompts file (.txt/.jsonl), 'shapes:eval' (the evaluation protocol: every held-out prompt, "
+                   ">= 320 images per category), 'shapes:train-eval' (the same on training prompts), 'shapes:heldout', 'shapes:train', or a prompt")
     p.add_argument("--num-images", type=int, help="images per prompt (default 4)")
-    p.add_argument("--seed", type=int, help="image k of each prompt uses seed + k (default 0)")
+    p.add_argument("--seed", type=int, help="base seed; image k of prompt p uses a seed derived from (seed, p, k) (default 0)")
     p.add_argument("--steps", type=int, help="denoising steps (default 30)")
+    p.add_argument("--best-of", type=int, metavar="N", help="sample N candidates per image, keep the one --judge scores highest (default 1)")
+    p.add_argument("--judge", metavar="SPEC", help="reward spec that picks among best-of-N candidates (default judge@shapes)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 5.0)")
     p.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="LoRA safetensors, repeatable")
     p.add_argument("--batch-size", type=int, help="images per pipeline call")
@@ -255,6 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", help="where to write winrate.{json,md} (default TUNED_DIR/winrate)")
     e.set_defaults(func=_cmd_eval_winrate)
+    e = esub.add_parser("compare", help="paired per-category changes (oracle and rewards) with 95%% bootstrap CIs over prompts and images")
+    e.add_argument("--base", required=True, help="base model's metadata.jsonl (or folder)")
+    e.add_argument("--tuned", required=True, help="tuned model's metadata.jsonl (same prompts, image counts and seeds)")
+    e.add_argument("--reward", action="append", metavar="SPEC", help="also compare by this reward (repeatable), e.g. judge@shapes")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--out", help="where to write compare.{json,md} (default TUNED_DIR/compare)")
+    e.set_defaults(func=_cmd_eval_compare)
     e = esub.add_parser("preference", help="preference accuracy of rewards on a ranked set (the report's Table 1)")
     e.add_argument("--data", required=True, help="preference dataset folder (index.jsonl + images)")
     e.add_argument("--reward", action="append", required=True, metavar="NAME[@MODEL]",
@@ -320,12 +345,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(e: OSError) -> str:
+    """One line for a failed file operation: 'cannot write PATH: reason' (the path the command
+    could not create or write), 'PATH: reason' for a missing file, else the reason alone."""
+    name = e.filename2 if e.filename2 is not None else e.filename
+    if name is None:
+        return str(e.strerror or e)
+    reason = e.strerror or str(e)
+    if isinstance(e, FileNotFoundError):
+        return f"{os.fsdecode(name)}: {reason}"
+    return f"cannot write {os.fsdecode(name)}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (RewardiffError, ValueError, FileNotFoundError) as e:
+    except (RewardiffError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an unwritable --out, a full disk, ...: one line, not a traceback
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)

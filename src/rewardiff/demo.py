@@ -1,11 +1,16 @@
 """`rewardiff demo`: the main job on the embedded world.
 
-1. Loads the shipped shapes generator, generates for the held-out prompt set (4 fixed seeds per
-   prompt), judges with the oracle, prints the per-category table and writes images + a grid PNG.
-2. Runs one short self-rewarding (CCSR) round on training prompts with the learned judges only
-   (prompts -> candidates -> captioner + detector judging -> best candidate -> LoRA SFT).
-3. Evaluates the tuned model on the same held-out prompts and seeds: the before/after table
-   (oracle, evaluation only) and the CLIP-score win rate against the base.
+1. Loads the shipped shapes generator and generates the evaluation protocol's held-out set
+   (`shapes:eval`: every held-out prompt, >= 320 images per category, one seed per (prompt,
+   image)); judges it with the oracle and prints the per-category table.
+2. Best-of-N at inference (the CCSR selection used at generation time, AI feedback without
+   training): N candidates per image, the judges keep the one they score highest; paired
+   changes against the base with 95% CIs (oracle and the judge's own score, the hacking check).
+   A shipped LoRA (`best_lora`, e.g. `shapes:best`) is evaluated the same way when given.
+3. Runs one short self-rewarding (CCSR) round on training prompts with the learned judges only
+   (prompts -> candidates -> captioner + detector judging -> best candidate -> LoRA SFT) and
+   evaluates it the same way.
+The oracle only evaluates; nothing it says reaches a judge, a selection or a training step.
 """
 
 from __future__ import annotations
@@ -34,78 +39,100 @@ def _demo_self_reward() -> SelfRewardConfig:
 class DemoConfig:
     out: str = "runs/demo"  # demo run directory
     model: str = "shapes"
-    num_images: int = 4  # fixed seeds per held-out prompt
+    prompts: str = "shapes:eval"  # evaluation set (the protocol)
+    num_images: int = 4  # images per prompt for prompt sources other than the protocol sets
     seed: int = 0
     batch_size: int = 64
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    self_reward_round: bool = True  # run step 2-3 (one self-rewarding round + evaluation)
+    sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(steps=10))
+    best_of: int = 4  # best-of-N at inference, judged by `judge` (0 or 1 to skip)
+    judge: str = "judge@shapes"  # the self-judge's score (captioner + detector), never the oracle
+    best_lora: str = ""  # a LoRA evaluated beside the live round, e.g. shapes:best ('' to skip)
+    self_reward_round: bool = True  # run one short self-rewarding round + its evaluation
     self_reward: SelfRewardConfig = field(default_factory=_demo_self_reward)  # out/model/sampling/eval set are the demo's
+
+
+def _generate(cfg: DemoConfig, out: Path, loras: list[str], progress: bool, best_of: int = 1) -> Path:
+    gen = GenerateConfig(model=cfg.model, prompts=cfg.prompts, num_images=cfg.num_images, seed=cfg.seed, batch_size=cfg.batch_size,
+                         out=str(out), loras=loras, sampling=cfg.sampling, best_of=best_of, judge=cfg.judge)
+    return run_generation(gen, progress=progress)
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     from rewardiff.config import save_config
+    from rewardiff.eval.compare import compare_runs
     from rewardiff.eval.grid import make_grid
     from rewardiff.eval.oracle_eval import evaluate_with_oracle
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    steps = 4 if cfg.self_reward_round else 2
-    gen = GenerateConfig(model=cfg.model, prompts="shapes:heldout", num_images=cfg.num_images, seed=cfg.seed,
-                         batch_size=cfg.batch_size, out=str(out / "base"), sampling=cfg.sampling)
-    print(f"[1/{steps}] generating {cfg.num_images} images per held-out prompt with model {cfg.model!r} -> {gen.out}")
-    meta = run_generation(gen, progress=progress)
-    print(f"[2/{steps}] judging with the oracle (evaluation only)")
+    steps = 1 + (cfg.best_of > 1) + bool(cfg.best_lora) + bool(cfg.self_reward_round)
+    print(f"[1/{steps}] base generator on {cfg.prompts} ({cfg.sampling.steps} DDIM steps), judged by the oracle (evaluation only)")
+    meta = _generate(cfg, out / "base", [], progress)
     rep, eval_dir = evaluate_with_oracle(meta)
     rows, root = load_metadata(meta)
     grid = make_grid(rows, root, out / "grid.png")
-    print()
-    print(f"Base generator on held-out prompts ({len(rows)} images):")
+    print(f"\nBase generator on held-out prompts ({len(rows)} images):")
     print(rep.markdown())
-    print()
-    print(f"images: {root / 'images'}   grid: {grid}   table: {eval_dir / 'oracle_eval.md'}")
-    result = {"base": rep.to_dict()}
+    print(f"\nimages: {root / 'images'}   grid: {grid}   table: {eval_dir / 'oracle_eval.md'}")
+    result: dict = {"base": rep.to_dict()}
+    n = 1
+    variants = []
+    if cfg.best_of > 1:
+        variants.append(("best_of", f"best-of-{cfg.best_of} at inference: {cfg.best_of} candidates per image, {cfg.judge} keeps the best", [], cfg.best_of))
+    if cfg.best_lora:
+        variants.append(("best_lora", f"the LoRA {cfg.best_lora} (trained from the judges only)", [cfg.best_lora], 1))
+    for key, title, loras, best_of in variants:
+        n += 1
+        print(f"\n[{n}/{steps}] {title}, on the same prompts and seeds")
+        variant_meta = _generate(cfg, out / key, loras, progress, best_of)
+        comparisons, cmp_dir = compare_runs(meta, variant_meta, rewards=[cfg.judge], out=out / key / "compare", progress=progress)
+        rows, root = load_metadata(variant_meta)
+        make_grid(rows, root, out / f"grid_{key}.png")
+        print()
+        print("\n\n".join(c.markdown() for c in comparisons))
+        print(f"\ntable: {cmp_dir / 'compare.md'}   grid: {out / f'grid_{key}.png'}")
+        result[key] = [c.to_dict() for c in comparisons]
     if cfg.self_reward_round:
-        result["self_reward"] = _self_reward_round(cfg, out, progress)
+        n += 1
+        result["self_reward"] = _self_reward_round(cfg, out, progress, n, steps)
+    print()
+    for key, label in (("best_of", f"best-of-{cfg.best_of} (AI feedback at inference)"), ("best_lora", f"LoRA {cfg.best_lora}")):
+        if key in result:
+            o = result[key][0]["overall"]
+            print(f"{label} vs base, oracle overall: {o['base']:.3f} -> {o['tuned']:.3f} ({o['change']:+.3f}, 95% CI "
+                  f"[{o['ci_low']:+.3f}, {o['ci_high']:+.3f}]: {o['verdict']})")
+    if "self_reward" in result:
+        o = result["self_reward"]["compare"]["overall"]
+        print(f"the short self-rewarding round's LoRA vs base, oracle overall: {o['base']:.3f} -> {o['tuned']:.3f} ({o['change']:+.3f}, "
+              f"95% CI [{o['ci_low']:+.3f}, {o['ci_high']:+.3f}]: {o['verdict']})")
     return result
 
 
-def _self_reward_round(cfg: DemoConfig, out: Path, progress: bool) -> dict:
+def _self_reward_round(cfg: DemoConfig, out: Path, progress: bool, n: int, steps: int) -> dict:
     from dataclasses import replace
 
+    from rewardiff.eval.compare import Comparison, Delta
     from rewardiff.eval.grid import make_grid
     from rewardiff.loop.self_reward import run_self_reward
 
     sr = cfg.self_reward
     sr = replace(sr, out=str(out / "self_reward"), model=cfg.model, sampling=cfg.sampling, batch_size=cfg.batch_size,
-                 eval=replace(sr.eval, prompts="shapes:heldout", num_images=cfg.num_images, seed=cfg.seed, base_dir=str(out / "base"), oracle=True))
-    print()
-    print(f"[3/4] one self-rewarding round: {sr.prompts_per_round} prompts naming {', '.join(sr.classes)} x {sr.candidates} candidates, "
+                 eval=replace(sr.eval, prompts=cfg.prompts, num_images=cfg.num_images, seed=cfg.seed, base_dir=str(out / "base"), oracle=True))
+    print(f"\n[{n}/{steps}] one short self-rewarding round: {sr.prompts_per_round} prompts naming {', '.join(sr.classes)} x {sr.candidates} candidates, "
           f"judged by the learned captioner + detector, best per prompt -> LoRA ({sr.train.loss}, {sr.train.steps} steps)")
     summary = run_self_reward(sr, progress=progress)
-    base = summary["base"]
     scale, tuned = next(iter(summary["rounds"][-1]["eval"].items()))
-    print(f"[4/4] the tuned model (LoRA scale {scale}) on the same held-out prompts and seeds")
     rows, root = load_metadata(tuned["metadata"])
     make_grid(rows, root, out / "grid_tuned.png")
-    print()
-    print(before_after_markdown(base["oracle"], tuned["oracle"]))
+    cmp = tuned["compare"]
+    cell = lambda d: Delta(**{k: d[k] for k in ("base", "tuned", "change", "ci_low", "ci_high", "images", "prompts")})  # noqa: E731
+    table = Comparison(cmp["metric"], {c: cell(d) for c, d in cmp["categories"].items()}, cell(cmp["overall"]))
+    print(f"\nThe short round's LoRA (scale {scale}) on the same prompts and seeds:")
+    print(table.markdown())
     wr = tuned.get("winrate")
     if wr:
-        print()
-        print(f"CLIP-score win rate of tuned vs base: {wr['win_rate']:.3f} of non-tied pairs, 95% CI [{wr['ci_low']:.3f}, {wr['ci_high']:.3f}] "
+        print(f"\nCLIP-score win rate of tuned vs base (CCSR): {wr['win_rate']:.3f} of non-tied pairs, 95% CI [{wr['ci_low']:.3f}, {wr['ci_high']:.3f}] "
               f"(wins {wr['wins']}, ties {wr['ties']}, losses {wr['losses']}; tie if |d| <= 0.01)")
     print(f"\nrun: {sr.out}   summary: {Path(sr.out) / 'summary.md'}   grid: {out / 'grid_tuned.png'}")
-    return {"tuned": tuned["oracle"], "winrate": wr}
-
-
-def before_after_markdown(base: dict, tuned: dict) -> str:
-    """Per-category pass rates of two oracle reports side by side."""
-    lines = ["| category | base | tuned | change |", "| --- | ---: | ---: | ---: |"]
-    for cat, b in base["categories"].items():
-        t = tuned["categories"].get(cat)
-        if b["rate"] is None or t is None or t["rate"] is None:
-            continue
-        lines.append(f"| {cat} | {b['rate']:.3f} | {t['rate']:.3f} | {t['rate'] - b['rate']:+.3f} |")
-    lines.append(f"| **overall** | **{base['overall']:.3f}** | **{tuned['overall']:.3f}** | **{tuned['overall'] - base['overall']:+.3f}** |")
-    return "\n".join(lines)
+    return {"tuned": tuned["oracle"], "compare": cmp, "winrate": wr}

@@ -1,14 +1,22 @@
 """Generate images for prompts x seeds, and the resumable run behind `rewardiff generate`.
 
-Seeds are per image index, shared by every prompt (image k of each prompt uses seed + k), so two
-models compared on the same prompt set see the same starting noise: paired comparisons, as the
-CCSR win-rate protocol needs.
+Image k of prompt p uses the seed `image_seed(seed, p, k)` (rewardiff.seeding): independent noise
+for every (prompt, image), so an evaluation's samples are independent, and the same noise for the
+same (prompt, k) in every run, so two models compared on one prompt set are paired, as the CCSR
+win-rate protocol and `eval compare` need.
+
+Best-of-N (`best_of` > 1, the CCSR selection used at inference): image k is the candidate the
+judge scores highest among N samples with seeds image_seed(seed, p, k, j), j < N; candidate 0 is
+the plain image, so a best-of-N run stays paired with a plain run.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +25,7 @@ import torch
 
 from rewardiff.errors import RewardiffError
 from rewardiff.io_utils import append_jsonl, read_jsonl, save_png, write_json
+from rewardiff.seeding import SEED_SCHEME, image_seed
 
 METADATA = "metadata.jsonl"
 RUN_FILE = "run.json"
@@ -36,6 +45,46 @@ class SamplingSettings:
 
 SHAPES_SAMPLING = {"guidance_rescale": 0.7, "height": 32, "width": 32}
 """Defaults for the shapes generator (zero-terminal-SNR models want guidance rescale)."""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_sampling(settings: SamplingSettings, where: str = "sampling") -> None:
+    """Refuse sampling settings that cannot give the images asked for, naming the field
+    (`where` prefixes the field names: 'sampling' -> 'sampling.steps'; '' -> 'steps')."""
+
+    def name(field_name: str) -> str:
+        return f"{where}.{field_name}" if where else field_name
+
+    steps = settings.steps
+    if not (isinstance(steps, int) and not isinstance(steps, bool)) or steps < 1:
+        raise RewardiffError(f"{name('steps')} must be an integer >= 1, got {steps!r}")
+    for field_name in ("guidance", "eta"):
+        value = getattr(settings, field_name)
+        if not (_is_number(value) and math.isfinite(value) and value >= 0):
+            raise RewardiffError(f"{name(field_name)} must be a finite number >= 0, got {value!r}")
+    rescale = settings.guidance_rescale
+    if rescale is not None and not (_is_number(rescale) and math.isfinite(rescale) and 0 <= rescale <= 1):
+        raise RewardiffError(f"{name('guidance_rescale')} must be empty (the model's default) or a number in [0, 1], got {rescale!r}")
+    for field_name in ("height", "width"):
+        value = getattr(settings, field_name)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0 and value % 8 == 0):
+            raise RewardiffError(f"{name(field_name)} must be empty (the model's default) or a positive multiple of 8 pixels, got {value!r}")
+
+
+def check_prompts_for_model(prompts: list[str], model: str) -> None:
+    """Refuse prompts the model cannot draw: the shapes world reads only its own language, so
+    every prompt must parse (UnsupportedPromptError names the first that does not)."""
+    from rewardiff.models.pipeline import resolve_model
+
+    if not resolve_model(model).is_shapes:
+        return
+    from rewardiff.shapes.prompts import parse_prompt
+
+    for p in prompts:
+        parse_prompt(p)  # raises UnsupportedPromptError naming the prompt
 
 
 def sample_images(pipe, prompts: list[str], seeds: list[int], settings: SamplingSettings) -> np.ndarray:
@@ -61,11 +110,17 @@ def sample_images(pipe, prompts: list[str], seeds: list[int], settings: Sampling
     return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
+PROTOCOL_SOURCES = {"shapes:eval": "heldout", "shapes:train-eval": "train"}
+"""Prompt sources of the evaluation protocol: each prompt carries its own image count."""
+
+
 def read_prompts(source: str) -> list[str]:
     """A prompts file (.txt one per line, .jsonl with a 'prompt' field), 'shapes:heldout',
-    'shapes:train', or a literal prompt."""
-    from rewardiff.shapes.prompts import heldout_eval_prompts, train_prompts
+    'shapes:train', 'shapes:eval' / 'shapes:train-eval' (the protocol sets), or a literal prompt."""
+    from rewardiff.shapes.prompts import heldout_eval_prompts, protocol_prompts, train_prompts
 
+    if source in PROTOCOL_SOURCES:
+        return [p for p, _ in protocol_prompts(PROTOCOL_SOURCES[source])]
     if source == "shapes:heldout":
         return heldout_eval_prompts()
     if source == "shapes:train":
@@ -90,12 +145,23 @@ def read_prompts(source: str) -> list[str]:
     return [source.strip()]
 
 
+def images_per_prompt(source: str, prompts: list[str], num_images: int) -> list[int]:
+    """Images of each prompt: the protocol's per-category counts for a protocol source, else num_images."""
+    if source in PROTOCOL_SOURCES:
+        from rewardiff.shapes.prompts import protocol_prompts
+
+        return [n for _, n in protocol_prompts(PROTOCOL_SOURCES[source])]
+    return [num_images] * len(prompts)
+
+
 @dataclass
 class GenerateConfig:
     model: str = "shapes"  # 'shapes', a local pipeline folder, or a hub id
     prompts: str = "shapes:heldout"  # file, 'shapes:heldout' / 'shapes:train', or literal text
-    num_images: int = 4  # images per prompt
-    seed: int = 0  # image k of every prompt uses seed + k
+    num_images: int = 4  # images per prompt (protocol sets shapes:eval / shapes:train-eval fix their own)
+    seed: int = 0  # base seed: image k of prompt p uses image_seed(seed, p, k)
+    best_of: int = 1  # > 1: sample N candidates per image and keep the one the judge scores highest
+    judge: str = "judge@shapes"  # reward spec that picks among best-of-N candidates
     batch_size: int = 16  # images per pipeline call
     out: str = "runs/generate"
     loras: list[str] = field(default_factory=list)  # 'file.safetensors[:scale]'
@@ -112,6 +178,9 @@ def _run_signature(cfg: GenerateConfig, prompts: list[str]) -> dict:
         "num_prompts": len(prompts),
         "num_images": cfg.num_images,
         "seed": cfg.seed,
+        "seed_scheme": SEED_SCHEME,
+        "best_of": cfg.best_of,
+        "judge": cfg.judge if cfg.best_of > 1 else None,
         "loras": list(cfg.loras),
         "sampling": asdict(cfg.sampling),
     }
@@ -129,6 +198,18 @@ def _check_run_dir(out: Path, signature: dict) -> None:
         raise RewardiffError(f"output directory {out} already holds a metadata.jsonl from another run; choose another --out")
 
 
+def _check_out_dir(out: Path) -> None:
+    """Refuse, before a model is loaded, an --out that cannot become a folder (a path under a
+    file, or under a folder this user may not write); creates nothing."""
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out))
+
+
 def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Path:
     """Generate cfg.num_images per prompt into cfg.out, resuming what a killed run left.
 
@@ -141,52 +222,84 @@ def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Pat
     from rewardiff.models.lora import apply_loras, parse_lora_spec
     from rewardiff.models.pipeline import load_pipeline, resolve_model
 
+    # every check first: a refused run writes nothing (its --out is left as it was)
+    validate_sampling(cfg.sampling, "sampling")
     prompts = read_prompts(cfg.prompts)
     if cfg.num_images < 1:
         raise RewardiffError("--num-images must be at least 1")
-    source = resolve_model(cfg.model)
+    if cfg.best_of < 1:
+        raise RewardiffError(f"--best-of must be at least 1, got {cfg.best_of}")
+    if cfg.batch_size < 1:
+        raise RewardiffError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    counts = images_per_prompt(cfg.prompts, prompts, cfg.num_images)
+    check_prompts_for_model(prompts, cfg.model)
     sampling = cfg.sampling
-    if source.is_shapes:
-        from rewardiff.shapes.prompts import parse_prompt
-
-        for p in prompts:
-            parse_prompt(p)  # raises UnsupportedPromptError naming the prompt
+    if resolve_model(cfg.model).is_shapes:
         sampling = SamplingSettings(**{**asdict(sampling), **{k: v for k, v in SHAPES_SAMPLING.items() if getattr(sampling, k) is None}})
     loras = [parse_lora_spec(s) for s in cfg.loras]
 
     out = Path(cfg.out)
     signature = _run_signature(cfg, prompts)
     _check_run_dir(out, signature)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / RUN_FILE, signature)
-    save_config(cfg, out / "config.yaml")
-
+    _check_out_dir(out)
     meta_path = out / METADATA
     done = set()
     if meta_path.is_file():
         done = {(r["prompt_index"], r["index"]) for r in read_jsonl(meta_path) if (out / r["image"]).is_file()}
-    jobs = [(i, k) for i in range(len(prompts)) for k in range(cfg.num_images) if (i, k) not in done]
+    jobs = [(i, k) for i in range(len(prompts)) for k in range(counts[i]) if (i, k) not in done]
+    judge = None
+    if jobs:  # the model-dependent checks (a LoRA that does not fit the model) also come before any write
+        if cfg.best_of > 1:
+            from rewardiff.rewards.registry import build_rewards
+
+            judge = build_rewards([cfg.judge], device=cfg.device)
+        if pipe is None:
+            from rewardiff.models.pipeline import resolve_dtype
+
+            pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device))
+        apply_loras(pipe, loras)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / RUN_FILE, signature)
+    save_config(cfg, out / "config.yaml")
     if not jobs:
         return meta_path
-    if pipe is None:
-        from rewardiff.models.pipeline import resolve_dtype
-
-        pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device))
-    apply_loras(pipe, loras)
     lora_names = [str(s) for s in loras]
-    bar = tqdm(total=len(prompts) * cfg.num_images, initial=len(prompts) * cfg.num_images - len(jobs), desc="generate", unit="img", disable=not progress)
-    for start in range(0, len(jobs), cfg.batch_size):
-        batch = jobs[start : start + cfg.batch_size]
-        images = sample_images(pipe, [prompts[i] for i, _ in batch], [cfg.seed + k for _, k in batch], sampling)
+    total = sum(counts)
+    bar = tqdm(total=total, initial=total - len(jobs), desc="generate" if judge is None else f"generate best-of-{cfg.best_of}",
+               unit="img", disable=not progress)
+    per_call = max(1, cfg.batch_size // cfg.best_of)
+    for start in range(0, len(jobs), per_call):
+        batch = jobs[start : start + per_call]
+        picks = _sample_batch(pipe, [prompts[i] for i, _ in batch], [k for _, k in batch], cfg, sampling, judge)
         rows = []
-        for (i, k), image in zip(batch, images):
+        for (i, k), (image, seed, extra) in zip(batch, picks):
             rel = f"images/{i:05d}_{k:03d}.png"
             save_png(out / rel, image)
-            rows.append({"prompt": prompts[i], "image": rel, "seed": cfg.seed + k, "model": cfg.model, "lora": lora_names, "prompt_index": i, "index": k})
+            rows.append({"prompt": prompts[i], "image": rel, "seed": seed, "model": cfg.model, "lora": lora_names, "prompt_index": i, "index": k, **extra})
         append_jsonl(meta_path, rows)
         bar.update(len(batch))
     bar.close()
     return meta_path
+
+
+def _sample_batch(pipe, prompts: list[str], indices: list[int], cfg: GenerateConfig, sampling: SamplingSettings,
+                  judge) -> list[tuple[np.ndarray, int, dict]]:
+    """(image, seed, extra row fields) per (prompt, index): the plain sample, or the judge's best of N."""
+    n = cfg.best_of
+    seeds = [image_seed(cfg.seed, p, k, j) for p, k in zip(prompts, indices) for j in range(n)]
+    flat_prompts = [p for p in prompts for _ in range(n)]
+    images = np.concatenate([sample_images(pipe, flat_prompts[s:s + cfg.batch_size], seeds[s:s + cfg.batch_size], sampling)
+                             for s in range(0, len(seeds), cfg.batch_size)])
+    if judge is None:
+        return [(img, seed, {}) for img, seed in zip(images, seeds)]
+    with torch.no_grad():
+        scores = judge(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0, flat_prompts).scores.float().cpu().view(len(prompts), n)
+    if not bool(torch.isfinite(scores).all()):
+        raise RewardiffError(f"best-of-{n}: the judge {cfg.judge} returned NaN or inf")
+    best = scores.argmax(dim=1).tolist()  # first maximum: ties go to the lower candidate
+    return [(images[b * n + j], seeds[b * n + j], {"candidate": j, "judge_score": float(scores[b, j]), "best_of": n})
+            for b, j in enumerate(best)]
 
 
 def load_metadata(path: str | Path) -> tuple[list[dict], Path]:

@@ -7,6 +7,10 @@ Three ways, chosen by `DDPOConfig.advantages`:
 - "group": group-relative (GRPO, Shao et al. 2024): (r - mean) / (std + eps) over the samples of
   the same prompt in this batch (needs several samples per prompt); a prompt with one sample
   falls back to the batch statistics.
+- "group_batch_std": the group's mean as baseline, the batch's std as scale (Liu et al. 2025,
+  "Dr. GRPO"). A prompt whose samples nearly tie (a judge's discrete parts all equal, only
+  confidences differing by 0.01) gets near-zero advantages instead of noise blown up to +-1 by its
+  tiny std: on the shapes judge that noise dominated the update.
 - "batch": plain normalisation over the batch.
 Standard deviations are population ones (numpy's default, as ddpo-pytorch).
 
@@ -26,7 +30,7 @@ from rewardiff.errors import RewardiffError
 EPS = 1e-6
 """Added to standard deviations (ddpo-pytorch's value) so equal rewards give zero, not NaN."""
 
-MODES = ("per_prompt", "group", "batch")
+MODES = ("per_prompt", "group", "group_batch_std", "batch")
 
 
 def _normalise(values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, eps: float) -> torch.Tensor:
@@ -45,11 +49,26 @@ def group_relative_advantages(prompts: Sequence[str], rewards: torch.Tensor, eps
     _check(prompts, rewards)
     r = rewards.double()
     out = torch.empty_like(r)
-    for prompt in dict.fromkeys(prompts):
-        idx = torch.tensor([i for i, p in enumerate(prompts) if p == prompt])
-        group = r[idx] if len(idx) > 1 else r
+    for idx, group in _groups(prompts, r):
         out[idx] = _normalise(r[idx], group.mean(), group.std(unbiased=False), eps)
     return out.to(rewards.dtype)
+
+
+def _groups(prompts: Sequence[str], r: torch.Tensor):
+    """(indices, rewards of the group) per prompt; a prompt with one sample is grouped with the batch."""
+    for prompt in dict.fromkeys(prompts):
+        idx = torch.tensor([i for i, p in enumerate(prompts) if p == prompt])
+        yield idx, (r[idx] if len(idx) > 1 else r)
+
+
+def group_mean_batch_std_advantages(prompts: Sequence[str], rewards: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """(r - mean_group) / (std_batch + eps): group baseline, one scale for the whole batch."""
+    _check(prompts, rewards)
+    r = rewards.double()
+    centred = torch.empty_like(r)
+    for idx, group in _groups(prompts, r):
+        centred[idx] = r[idx] - group.mean()
+    return (centred / (r.std(unbiased=False) + eps)).to(rewards.dtype)
 
 
 class PerPromptStatTracker:
@@ -95,6 +114,8 @@ def compute_advantages(mode: str, prompts: Sequence[str], rewards: torch.Tensor,
         return tracker.update(prompts, rewards)
     if mode == "group":
         return group_relative_advantages(prompts, rewards)
+    if mode == "group_batch_std":
+        return group_mean_batch_std_advantages(prompts, rewards)
     if mode == "batch":
         return batch_advantages(rewards)
     raise RewardiffError(f"unknown advantages mode {mode!r}; expected one of {MODES}")

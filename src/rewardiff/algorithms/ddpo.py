@@ -38,6 +38,7 @@ The algorithm never loads a model: the pipeline and the reward are injected (the
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class DDPOConfig:
     timestep_batch: int = 2  # timesteps of a minibatch per U-Net forward/backward in the update (0 = all at once)
     reuse_sampling_forward: bool = False  # one optimiser step per epoch: take its gradient from the sampling forward (module doc)
     inner_epochs: int = 1  # PPO passes over one epoch's samples
-    clip_range: float = 1e-4  # PPO ratio clip epsilon (ratio of per-step densities summed over latent dims)
+    clip_range: float = 1e-4  # PPO clip epsilon on the PER-DIMENSION ratio exp(log-ratio / D) (ddpo-pytorch's 1e-4; independent of latent size)
     adv_clip_max: float = 5.0  # advantages clipped to [-adv_clip_max, adv_clip_max] (in reward std units)
     advantages: str = "per_prompt"  # per_prompt (running tracker, DDPO) | group (GRPO) | batch
     tracker_buffer: int = 32  # per-prompt tracker: rewards kept per prompt
@@ -95,7 +96,8 @@ class DDPOConfig:
     eta: float = 1.0  # DDIM noise weight (> 0: the policy must be stochastic to have a log-prob)
     guidance: float = 5.0  # classifier-free guidance scale
     guidance_rescale: float | None = None  # Lin et al. rescale; None = model default (0.7 shapes, else 0)
-    timestep_fraction: float = 1.0  # fraction of each trajectory's steps trained on (random per sample)
+    timestep_fraction: float = 1.0  # fraction of the window's steps trained on (random per sample)
+    train_window: list[float] = field(default_factory=lambda: [0.0, 1.0])  # trained part of each trajectory, as fractions of its steps from the noisiest (0) to the last (1); [0, 0.5] = the high-noise half, where layout is decided
     seed: int = 0  # seeds prompts, noise, LoRA init and minibatch order
     save_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
     out: str = "runs/ddpo"  # run folder: lora.safetensors, checkpoint/, train_log.jsonl, summary.json
@@ -127,6 +129,17 @@ class EpochStats:
     clipfrac: float
 
 
+def per_dim_ratio(log_ratio: torch.Tensor, dims: int) -> torch.Tensor:
+    """exp(log-ratio / D): the geometric-mean ratio per latent dimension.
+
+    PPO clips a density ratio; summed over D latent dimensions the ratio of one DDIM step grows
+    like exp(D * per-dim change), so a fixed epsilon means something different for the shapes
+    latent (3 x 32 x 32) and for SD 1.5 (4 x 64 x 64) or SDXL (4 x 128 x 128). Dividing by D makes the
+    trust region per dimension, which is what ddpo-pytorch's mean-over-dims log-prob clips with 1e-4.
+    """
+    return torch.exp(log_ratio / dims)
+
+
 def ppo_loss(advantages: torch.Tensor, ratio: torch.Tensor, clip_range: float) -> torch.Tensor:
     """PPO's clipped surrogate, to minimise: mean(max(-A r, -A clip(r, 1 - eps, 1 + eps))).
 
@@ -148,6 +161,16 @@ def validate(cfg: DDPOConfig) -> None:
         raise RewardiffError(f"advantages must be one of {MODES}, got {cfg.advantages!r}")
     if cfg.eta <= 0:
         raise RewardiffError("DDPO needs eta > 0: a deterministic DDIM step (eta = 0) has no log-probability")
+    from rewardiff.generation import SamplingSettings, validate_sampling
+
+    validate_sampling(SamplingSettings(steps=cfg.steps, guidance=cfg.guidance, guidance_rescale=cfg.guidance_rescale, eta=cfg.eta), "")
+    for name in ("lr", "clip_range", "adv_clip_max", "max_grad_norm"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise RewardiffError(f"{name} must be a finite number > 0, got {value!r}")
+    lo, hi = (list(cfg.train_window) + [None, None])[:2]
+    if len(cfg.train_window) != 2 or not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 <= lo < hi <= 1):
+        raise RewardiffError(f"train_window must be [lo, hi] with 0 <= lo < hi <= 1, got {cfg.train_window}")
     if not 0 < cfg.timestep_fraction <= 1:
         raise RewardiffError(f"timestep_fraction must lie in (0, 1], got {cfg.timestep_fraction}")
     for name in ("epochs", "sample_batch_size", "sample_batches", "samples_per_prompt", "train_batch_size",
@@ -158,7 +181,7 @@ def validate(cfg: DDPOConfig) -> None:
         raise RewardiffError(f"images per epoch ({cfg.sample_batch_size} x {cfg.sample_batches}) must be a multiple of samples_per_prompt ({cfg.samples_per_prompt})")
     if not cfg.reward:
         raise RewardiffError("no reward: give at least one --reward SPEC")
-    if cfg.reuse_sampling_forward and not (cfg.inner_epochs == 1 and cfg.timestep_fraction == 1.0 and
+    if cfg.reuse_sampling_forward and not (cfg.inner_epochs == 1 and cfg.timestep_fraction == 1.0 and list(cfg.train_window) == [0.0, 1.0] and
                                            cfg.train_batch_size * cfg.gradient_accumulation >= cfg.sample_batch_size * cfg.sample_batches):
         raise RewardiffError("reuse_sampling_forward needs one optimiser step per epoch on the sampling weights: inner_epochs 1, "
                              "timestep_fraction 1 and train_batch_size x gradient_accumulation >= images per epoch")
@@ -252,13 +275,20 @@ def fused_epoch(pipe, policy: Policy, optimizer: torch.optim.Optimizer, reward, 
         r = torch.cat(rewards)
         adv = compute_advantages(cfg.advantages, prompts, r, tracker).clamp(-cfg.adv_clip_max, cfg.adv_clip_max)
         lp = torch.cat(log_probs)  # (N, K), graph to the weights
-        ratio = torch.exp(lp - lp.detach())
+        ratio = per_dim_ratio(lp - lp.detach(), _latent_dims(pipe))
         loss = ppo_loss(adv.to(lp.device)[:, None].expand_as(lp), ratio, cfg.clip_range)
         loss.backward()
     torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return r, {"loss": float(loss.detach()), "approx_kl": 0.0, "clipfrac": 0.0}
+
+
+def _latent_dims(pipe) -> int:
+    """D of one latent: channels x height x width at the U-Net's sample size."""
+    size = pipe.unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else size
+    return int(pipe.unet.config.in_channels * h * w)
 
 
 def _score(reward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -269,13 +299,26 @@ def _score(reward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return scores
 
 
+def window_positions(steps: int, window: Sequence[float]) -> torch.Tensor:
+    """Trajectory positions inside [lo, hi) of the steps (at least one).
+
+    Low-noise steps have a small sigma_t, so their log-prob gradients (~ z / sigma_t) dwarf the
+    high-noise steps' after global gradient clipping, although the high-noise steps decide what is
+    drawn where; a window lets the update train on the steps that decide the layout.
+    """
+    lo = min(int(round(window[0] * steps)), steps - 1)
+    hi = max(lo + 1, int(round(window[1] * steps)))
+    return torch.arange(lo, min(hi, steps))
+
+
 def ppo_update(pipe, policy: Policy, optimizer: torch.optim.Optimizer, samples: Samples, cfg: DDPOConfig,
                rescale: float, epoch: int) -> dict[str, float]:
     """`inner_epochs` PPO passes over one epoch's samples; returns mean loss, approx KL, clip fraction."""
     scheduler = pipe.scheduler
     scheduler.set_timesteps(cfg.steps, device=pipe.unet.device)
     n, k = samples.log_probs.shape
-    n_train = max(1, int(k * cfg.timestep_fraction))
+    window = window_positions(k, cfg.train_window)
+    n_train = max(1, int(len(window) * cfg.timestep_fraction))
     chunk = cfg.timestep_batch if cfg.timestep_batch > 0 else n_train
     device = samples.latents.device
     totals = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
@@ -284,7 +327,7 @@ def ppo_update(pipe, policy: Policy, optimizer: torch.optim.Optimizer, samples: 
         g = _epoch_generator(cfg.seed, epoch, 1 + inner)
         order = torch.randperm(n, generator=g)
         # per-sample random timesteps, as ddpo-pytorch: sample b trains on steps perms[b, :n_train]
-        perms = torch.stack([torch.randperm(k, generator=g) for _ in range(n)])[:, :n_train]
+        perms = window[torch.stack([torch.randperm(len(window), generator=g) for _ in range(n)])[:, :n_train]]
         minibatches = [order[i:i + cfg.train_batch_size] for i in range(0, n, cfg.train_batch_size)]
         for mb_index, idx in enumerate(minibatches):
             group_start = mb_index - mb_index % cfg.gradient_accumulation
@@ -309,7 +352,7 @@ def ppo_update(pipe, policy: Policy, optimizer: torch.optim.Optimizer, samples: 
                 out = guided_model_output(pipe.unet, x_t, t, cond_leaf[local], uncond_leaf[local], cfg.guidance, rescale)
                 step = ddim_step_with_logprob(scheduler, out, t, x_t, eta=cfg.eta, prev_sample=x_prev)
                 log_ratio = step.log_prob - samples.log_probs[rows_b, pos]
-                ratio = torch.exp(log_ratio)
+                ratio = per_dim_ratio(log_ratio, x_t[0].numel())
                 loss = ppo_loss(adv[local], ratio, cfg.clip_range)
                 (loss * (len(rows_b) / rows_per_step)).backward()
                 with torch.no_grad():
@@ -319,7 +362,10 @@ def ppo_update(pipe, policy: Policy, optimizer: torch.optim.Optimizer, samples: 
                     totals["clipfrac"] += float(((ratio - 1.0).abs() > cfg.clip_range).float().mean()) * rows
                     rows_seen += rows
             if policy.train_text:  # one text-encoder backward for all timesteps of the minibatch
-                torch.autograd.backward([cond, uncond], [cond_leaf.grad, uncond_leaf.grad])
+                # without guidance (scale <= 1, e.g. SD-Turbo) the uncond leaf is unused and has no grad
+                pairs = [(e, leaf.grad) for e, leaf in ((cond, cond_leaf), (uncond, uncond_leaf)) if leaf.grad is not None]
+                if pairs:
+                    torch.autograd.backward([e for e, _ in pairs], [g for _, g in pairs])
             if mb_index == group_start + len(group) - 1:
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -404,13 +450,14 @@ def train_ddpo(cfg: DDPOConfig, pipe, reward, progress: bool = True) -> DDPOResu
     """
     from tqdm.auto import tqdm
 
-    from rewardiff.generation import read_prompts
+    from rewardiff.generation import check_prompts_for_model, read_prompts
     from rewardiff.train_log import TrainLog
 
     validate(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     pool = read_prompts(cfg.prompts)
+    check_prompts_for_model(pool, cfg.model)
     rescale = default_guidance_rescale(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

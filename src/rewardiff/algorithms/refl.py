@@ -174,7 +174,7 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
 
     from rewardiff.config import save_config, to_dict
     from rewardiff.diffusion import ensure_ddim
-    from rewardiff.generation import read_prompts
+    from rewardiff.generation import check_prompts_for_model, read_prompts
     from rewardiff.models.lora import add_lora, save_lora
     from rewardiff.train_log import TrainLog
 
@@ -183,6 +183,7 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     prompts = read_prompts(cfg.prompts)
+    check_prompts_for_model(prompts, cfg.model)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ensure_ddim(pipe)

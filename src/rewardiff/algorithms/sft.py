@@ -14,7 +14,9 @@ Diffusion-DPO (Wallace et al. 2023, eq. 14; as their train.py): one t and one no
     e_w = ||f(z_t^w) - target_w||^2,  e_l likewise, r_w / r_l the same errors of the reference
     loss = -log sigmoid(-beta / 2 * ((e_w - r_w) - (e_l - r_l)))
 
-The reference is the pipeline with its LoRA adapters disabled (the base model). Training is
+The reference is the pipeline with its LoRA adapters disabled (the base model): the U-Net's, and
+with `train_text_encoder` the text encoder's too (the reference re-encodes the prompts with the
+frozen text encoder, so text-encoder drift is penalised like U-Net drift). Training is
 resumable: data and noise of step k come from RNGs seeded by (seed, k), and a checkpoint (LoRA
 weights, optimiser, step) is written atomically every `checkpoint_every` steps.
 """
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
 from rewardiff.diffusion.training_loss import denoising_loss, diffusion_target, sample_timesteps, timestep_bounds
 from rewardiff.errors import RewardiffError
+from rewardiff.models.lora import adapters_disabled
 
 CHECKPOINT = "checkpoint"
 LORA_FILE = "lora.safetensors"
@@ -73,6 +76,30 @@ def diffusion_dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torc
     loss = -F.logsigmoid(inside).mean()
     d = inside.detach()
     return loss, {"implicit_acc": float((d > 0).float().mean()), "model_diff": float(model_diff.detach().mean()), "ref_diff": float(ref_diff.detach().mean())}
+
+
+def dpo_errors(pipe, z_w: torch.Tensor, z_l: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+               prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example squared errors (2B,) of the policy and of the reference on cat([chosen, rejected]),
+    with one t and one noise per pair (Wallace et al.'s train.py).
+
+    `text` (B, L, D) is the policy's prompt encoding. The reference is the base model: U-Net
+    adapters disabled and, when `prompts` is given (the text encoder is trained), the prompts
+    re-encoded with the text encoder's adapters disabled; reusing `text` there would let the
+    text-encoder LoRA drift unpenalised."""
+    scheduler = pipe.scheduler
+    both, noise2, t2 = torch.cat([z_w, z_l]), torch.cat([noise, noise]), torch.cat([t, t])
+    noisy = scheduler.add_noise(both, noise2, t2)
+    target = diffusion_target(scheduler, both, noise2, t2).float()
+
+    def errors(cond: torch.Tensor) -> torch.Tensor:
+        pred = pipe.unet(noisy, t2, encoder_hidden_states=torch.cat([cond, cond])).sample.float()
+        return ((pred - target) ** 2).mean(dim=(1, 2, 3))
+
+    err = errors(text)
+    with torch.no_grad(), adapters_disabled(pipe.unet, pipe.text_encoder if prompts is not None else None):
+        ref = errors(_encode(pipe, prompts).to(text.device) if prompts is not None else text)
+    return err, ref
 
 
 def _images_to_latents(pipe, images: list[np.ndarray], batch: int = 64) -> torch.Tensor:
@@ -192,15 +219,7 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
             noise = torch.randn(z0.shape, generator=gen).to(device)
             t = sample_timesteps(scheduler, len(idx), gen, cfg.timesteps).to(device)
             zl = latents_l[idx].to(device)
-            both, noise2, t2, text2 = torch.cat([z0, zl]), torch.cat([noise, noise]), torch.cat([t, t]), torch.cat([text, text])
-            noisy = scheduler.add_noise(both, noise2, t2)
-            target = diffusion_target(scheduler, both, noise2, t2).float()
-            pred = pipe.unet(noisy, t2, encoder_hidden_states=text2).sample.float()
-            err = ((pred - target) ** 2).mean(dim=(1, 2, 3))
-            with torch.no_grad():
-                pipe.unet.disable_adapters()
-                ref = ((pipe.unet(noisy, t2, encoder_hidden_states=text2).sample.float() - target) ** 2).mean(dim=(1, 2, 3))
-                pipe.unet.enable_adapters()
+            err, ref = dpo_errors(pipe, z0, zl, noise, t, text, batch_prompts if cfg.train_text_encoder else None)
             b = len(idx)
             loss, metrics = diffusion_dpo_loss(err[:b], err[b:], ref[:b], ref[b:], cfg.dpo_beta)
             if cfg.dpo_sft_weight:

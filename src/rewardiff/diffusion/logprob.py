@@ -8,7 +8,12 @@ ddpo-pytorch `diffusers_patch/ddim_with_logprob.py`. What changed:
   stored trajectory under the current weights);
 - `timestep` may be one int / 0-dim tensor (all images at the same step, as the pipeline) or a
   (B,) tensor (one step per image, as ddpo-pytorch's per-sample timestep shuffling);
-- no `use_clipped_model_output`, `variance_noise`, `return_dict` (unused by the RL code).
+- no `use_clipped_model_output`, `variance_noise`, `return_dict` (unused by the RL code);
+- the schedule's alphas, sigma_t, the coefficients, pred_x0 and the mean are float32 whatever the
+  sample's dtype (diffusers casts the alphas to the sample's dtype: wrong sigma_t in float16, NaN in
+  bfloat16); `prev_sample` comes back in the sample's dtype;
+- the radicands of sigma_t and of the direction coefficient are clamped at 0 (on a zero-terminal-SNR
+  schedule with eta = 1 the first step's rounds to -6e-8: NaN in diffusers too).
 Thresholding and clip_sample are honoured as in diffusers, so with eta = 0 `prev_sample` equals
 `DDIMScheduler.step(...).prev_sample` for epsilon, v_prediction and sample prediction types and
 zero-terminal-SNR schedules.
@@ -36,9 +41,9 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 class StepOutput:
     prev_sample: torch.Tensor  # x_{t-1}, (B, C, H, W)
     log_prob: torch.Tensor  # (B,) float32 exact log N(x_{t-1}; mean, std^2 I), summed over C, H, W (zeros when eta = 0)
-    mean: torch.Tensor  # (B, C, H, W) mean of p(x_{t-1} | x_t)
-    std: torch.Tensor  # sigma_t: 0-dim for one shared timestep, (B, 1, 1, 1) for per-image timesteps
-    pred_original_sample: torch.Tensor  # x_0 predicted at this step (differentiable if model_output is)
+    mean: torch.Tensor  # (B, C, H, W) float32 mean of p(x_{t-1} | x_t)
+    std: torch.Tensor  # float32 sigma_t: 0-dim for one shared timestep, (B, 1, 1, 1) for per-image timesteps
+    pred_original_sample: torch.Tensor  # float32 x_0 predicted at this step (differentiable if model_output is)
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -66,10 +71,22 @@ def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor) -
     return per_dim.expand_as(mean_p).flatten(1).sum(dim=1)
 
 
-def _gather(values: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """values[index] shaped to broadcast against `like` (0-dim for a scalar index, else (B, 1, 1, 1))."""
-    out = values[index].to(device=like.device, dtype=like.dtype)
+def _like(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Schedule values as float32 on like's device (0-dim, or (B, 1, 1, 1) per image).
+
+    Always float32, never like's dtype: in float16 / bfloat16 the schedule's alphas round (SD 1.5's
+    sigma_t at t = 1 came out 0.01804 instead of 0.02065 in float16, NaN in bfloat16)."""
+    out = values.to(device=like.device, dtype=torch.float32)
     return out if out.dim() == 0 else out.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _sqrt_nonneg(x: torch.Tensor) -> torch.Tensor:
+    """sqrt of a radicand that is >= 0 in exact arithmetic but may round below it.
+
+    With a zero-terminal-SNR schedule the first step has alpha_t = 0, so sigma_t^2 = 1 - alpha_prev
+    (eta = 1) and 1 - alpha_prev - sigma_t^2 is exactly 0; float32 gives -6e-8 for some step
+    counts (3, 6, 7 on the shapes schedule), whose sqrt was NaN."""
+    return x.clamp(min=0).sqrt()
 
 
 def ddim_step_with_logprob(
@@ -98,25 +115,25 @@ def ddim_step_with_logprob(
     # 1. previous step t - T / K, exactly as DDIMScheduler.step (prev < 0 -> final_alpha_cumprod)
     t = torch.as_tensor(timestep).to("cpu", torch.long)
     prev_t = t - config.num_train_timesteps // scheduler.num_inference_steps
-    alphas = scheduler.alphas_cumprod
-    alpha_t = _gather(alphas, t, sample)
+    alphas = scheduler.alphas_cumprod.to("cpu")  # diffusers' add_noise may have moved them; 1000 floats
     final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=alphas.dtype)
-    alpha_prev_all = torch.where(prev_t >= 0, alphas[prev_t.clamp(min=0)], final)
-    alpha_prev = alpha_prev_all.to(device=sample.device, dtype=sample.dtype)
-    if alpha_prev.dim() > 0:
-        alpha_prev = alpha_prev.view_as(alpha_t)
+    alpha_t = _like(alphas[t], sample)
+    alpha_prev = _like(torch.where(prev_t >= 0, alphas[prev_t.clamp(min=0)], final), sample)
     beta_t = 1 - alpha_t
+    # all arithmetic in float32, op for op as DDIMScheduler.step on float32 tensors (so eta = 0 and
+    # eta > 0 steps equal diffusers' fp32 ones); only x_{t-1} is cast back to the sample's dtype
+    x_t, out = sample.float(), model_output.float()
 
     # 2. predicted x_0 and eps from the model output ("predicted x_0" of DDIM eq. 12)
-    if config.prediction_type == "epsilon":
-        pred_x0 = (sample - beta_t ** (0.5) * model_output) / alpha_t ** (0.5)
-        pred_eps = model_output
+    if config.prediction_type == "epsilon":  # alpha_t = 0 (zero terminal SNR) gives inf here, as in diffusers
+        pred_x0 = (x_t - beta_t ** (0.5) * out) / alpha_t ** (0.5)
+        pred_eps = out
     elif config.prediction_type == "sample":
-        pred_x0 = model_output
-        pred_eps = (sample - alpha_t ** (0.5) * pred_x0) / beta_t ** (0.5)
+        pred_x0 = out
+        pred_eps = (x_t - alpha_t ** (0.5) * pred_x0) / beta_t ** (0.5)
     elif config.prediction_type == "v_prediction":
-        pred_x0 = (alpha_t**0.5) * sample - (beta_t**0.5) * model_output
-        pred_eps = (alpha_t**0.5) * model_output + (beta_t**0.5) * sample
+        pred_x0 = (alpha_t**0.5) * x_t - (beta_t**0.5) * out
+        pred_eps = (alpha_t**0.5) * out + (beta_t**0.5) * x_t
     else:
         raise RewardiffError(f"unknown prediction_type {config.prediction_type!r}")
 
@@ -128,21 +145,22 @@ def ddim_step_with_logprob(
 
     # 4. sigma_t (DDIM eq. 16)
     variance = (1 - alpha_prev) / beta_t * (1 - alpha_t / alpha_prev)
-    std = eta * variance ** (0.5)
+    std = eta * _sqrt_nonneg(variance)
 
     # 5. the mean of p(x_{t-1} | x_t) (DDIM eq. 12 without the noise term)
-    direction = (1 - alpha_prev - std**2) ** (0.5) * pred_eps
+    direction = _sqrt_nonneg(1 - alpha_prev - std**2) * pred_eps
     mean = alpha_prev ** (0.5) * pred_x0 + direction
 
-    # 6. draw x_{t-1} (unless given) and score it
+    # 6. draw x_{t-1} (unless given), in the sample's dtype, and score that stored value, so a
+    # later recomputation from the stored trajectory (PPO) sees the same density
     if prev_sample is None:
         if eta > 0:
             from diffusers.utils.torch_utils import randn_tensor
 
             noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
-            prev_sample = mean + std * noise
+            prev_sample = (mean + std * noise.float()).to(sample.dtype)
         else:
-            prev_sample = mean
+            prev_sample = mean.to(sample.dtype)
     if eta > 0:
         log_prob = gaussian_log_prob(prev_sample.detach(), mean, std)
     else:  # a point mass: no density; zeros keep shapes uniform for callers that ignore it

@@ -261,6 +261,25 @@ class OpenAIWriter:
         return str(content or "").splitlines()
 
 
+def is_shapes_class(cls: str) -> bool:
+    """A class of the shapes world: a shape ('circle'), a colour ('red') or a colour and a shape ('red circle')."""
+    from rewardiff.shapes.palette import COLORS, SHAPES
+
+    words = cls.lower().split()
+    return (len(words) == 1 and (words[0] in SHAPES or words[0] in COLORS)) or (
+        len(words) == 2 and words[0] in COLORS and words[1] in SHAPES)
+
+
+def check_shapes_classes(classes: list[str]) -> None:
+    """Refuse a class the shapes world never draws, naming it and listing the world's classes."""
+    from rewardiff.shapes.palette import COLORS, SHAPES
+
+    unknown = [c for c in classes if not is_shapes_class(c)]
+    if unknown:
+        raise RewardiffError(f"shapes writer: no training prompt names any of {unknown}; the shapes world's classes are the shapes "
+                             f"{', '.join(SHAPES)}, the colours {', '.join(COLORS)}, or a colour and a shape (e.g. 'blue square')")
+
+
 class ShapesGrammarWriter:
     """Plays the LLM in the shapes world: seeded draws of TRAINING prompts that name a class.
 
@@ -275,6 +294,7 @@ class ShapesGrammarWriter:
         self.train = {c: split_prompts(c)[0] for c in CATEGORIES}
 
     def write(self, classes: list[str], n: int, seed: int) -> list[str]:
+        check_shapes_classes(classes)
         rng = random.Random(seed)
         pools = {c: [p for p in ps if any(names_class(p, k) for k in classes)] for c, ps in self.train.items()}
         cats = [c for c in pools if pools[c] and self.weights[c] > 0]

@@ -1,18 +1,10 @@
 """Self-judging (CCSR step 3): caption + detect each candidate, combine into one judged score,
 filter by thresholds, select the best candidate per prompt and the best-vs-worst pairs.
 
-Components of a judgement, each in [0, 1] or [-1, 1] (all "higher is better"):
-
-| key | what | from |
-| --- | --- | --- |
-| caption | cos(T(caption(image)), T(prompt)) | `caption` reward (BLIP captioner + CLIP text tower) |
-| detection | mean over the prompt's classes of the best box's confidence | `detection` reward (OWLv2 / Grounding DINO) |
-| count | share of classes (asked or seen) detected exactly as many times as the prompt asks | detector boxes (OWLv2) after NMS |
-| relation | the prompt's spatial relation holds between the two best boxes' centres; 1 if the prompt has none | detector boxes |
-| clip | cos(E_image, E_prompt) | `clip` reward |
-| clip_margin | cos(prompt) - max cos(hard negative prompt), clamped to [-1, 1]; 0 if there are no negatives | `clip` reward + a negatives function (shapes: `hard_negatives`) |
-
-    judged score = sum_k weights[k] * component[k]      (JudgeConfig.weights; 0 = not computed)
+The judged score and its components (caption, detection, count, relation, clip, clip_margin;
+table in `rewardiff.rewards.judged`) come from `SelfJudge`, which is defined there, below the
+reward registry, so the `judge` reward is built by name without rewards importing this
+package; it is re-exported here.
 
 A candidate is *kept* when its score >= min_score and every component named in `thresholds` is
 at least its value (count: 1.0 and relation: 1.0 = the detector sees exactly the asked objects in
@@ -25,200 +17,23 @@ judgements.jsonl so a person can audit why an image was chosen. No oracle is eve
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from rewardiff.errors import RewardiffError
-
-COMPONENTS = ("caption", "detection", "count", "relation", "clip", "clip_margin")
-_COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
-_RELATION = re.compile(r"\b(?:to the\s+)?(left of|right of|above|below)\b")
-
-
-@dataclass
-class JudgeConfig:
-    captioner: str = "shapes"  # caption reward model: 'shapes', a BLIP hub id or folder
-    detector: str = "shapes"  # 'shapes', an OWLv2 / Grounding DINO hub id or folder
-    clip: str = "shapes"  # 'shapes', a CLIP hub id or folder
-    weights: dict[str, float] = field(default_factory=lambda: {"caption": 1.0, "detection": 1.0, "count": 1.0, "relation": 0.0, "clip": 0.0, "clip_margin": 0.0})
-    detection_threshold: float = 0.3  # a box counts as a detection above this confidence
-    nms_iou: float = 0.3  # boxes of one class overlapping more are one object
-    relation_margin: float = 0.09  # a relation holds past this fraction of the image side (shapes: 3 px of 32)
-    vocabulary: list[str] = field(default_factory=list)  # classes always queried (extras lower 'count'); empty = the prompt's
-    min_score: float = -1e9  # a candidate is kept only if its judged score is at least this ...
-    thresholds: dict[str, float] = field(default_factory=dict)  # ... and each named component at least its value (e.g. count: 1.0)
-    keep_per_prompt: int = 1  # best kept candidates per prompt in the SFT set (the paper: 1, the optimal pair)
-    min_pair_gap: float = 0.05  # chosen - rejected judged score for a DPO pair
-    pairing: str = "best_worst"  # DPO pairs per prompt: best_worst (one: best kept vs worst) | kept_vs_dropped (every kept vs every dropped candidate)
-    max_pairs_per_prompt: int = 0  # kept_vs_dropped: keep the widest-gap pairs of each prompt (0 = all)
-    batch_size: int = 64  # images per judge call
-
-
-@dataclass
-class Judgement:
-    score: float  # the weighted judged score
-    components: dict[str, float]
-    caption: str | None = None
-    detections: list[dict] = field(default_factory=list)  # {"name", "score", "box"}
-    expected: dict[str, int] = field(default_factory=dict)  # class -> count the prompt asks for
-    kept: bool = True
-
-
-def expected_counts(prompt: str, classes: list[str]) -> dict[str, int]:
-    """How many of each class the prompt asks for: shapes prompts exactly, other prompts by a
-    count word before the class name ('three red apples'), else 1."""
-    from rewardiff.shapes.prompts import UnsupportedPromptError, parse_prompt
-
-    try:
-        spec = parse_prompt(prompt)
-        return dict(Counter(f"{c} {s}" for c, s in spec.objects))
-    except UnsupportedPromptError:
-        pass
-    text = prompt.lower()
-    out = {}
-    for cls in classes:
-        m = re.search(rf"\b(\d+|{'|'.join(_COUNT_WORDS)})\s+(?:\w+\s+){{0,2}}?{re.escape(cls.lower())}", text)
-        out[cls] = (int(m[1]) if m[1].isdigit() else _COUNT_WORDS[m[1]]) if m else 1
-    return out
-
-
-def prompt_relation(prompt: str, classes: list[str]) -> tuple[str, str, str] | None:
-    """(first class, relation, second class) for 'A left of B'-style prompts with two classes."""
-    from rewardiff.shapes.prompts import UnsupportedPromptError, parse_prompt
-
-    try:
-        spec = parse_prompt(prompt)
-        if spec.relation is None:
-            return None
-        return " ".join(spec.objects[0]), spec.relation, " ".join(spec.objects[1])
-    except UnsupportedPromptError:
-        pass
-    m = _RELATION.search(prompt.lower())
-    if not m or len(classes) < 2:
-        return None
-    before = [c for c in classes if c.lower() in prompt.lower()[: m.start()]]
-    after = [c for c in classes if c.lower() in prompt.lower()[m.end() :]]
-    return (before[-1], m[1], after[0]) if before and after else None
-
-
-def count_score(found: dict[str, int], expected: dict[str, int], vocabulary_used: bool) -> float:
-    """Share of classes whose detected count equals the asked one; with a fixed vocabulary,
-    classes detected but not asked for count too (an extra object is an error)."""
-    classes = set(expected) | (set(found) if vocabulary_used else set())
-    return float(np.mean([found.get(c, 0) == expected.get(c, 0) for c in classes])) if classes else 1.0
-
-
-def relation_score(detections: list[dict], relation: tuple[str, str, str] | None, side: float, margin: float) -> float:
-    if relation is None:
-        return 1.0
-    a_name, rel, b_name = relation
-    best = {}
-    for d in detections:
-        if d["name"] in (a_name, b_name) and d["score"] > best.get(d["name"], {"score": -1})["score"]:
-            best[d["name"]] = d
-    if a_name not in best or b_name not in best:
-        return 0.0
-    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = best[a_name]["box"], best[b_name]["box"]
-    dx, dy = (ax0 + ax1 - bx0 - bx1) / 2, (ay0 + ay1 - by0 - by1) / 2
-    m = margin * side
-    return float({"left of": dx <= -m, "right of": dx >= m, "above": dy <= -m, "below": dy >= m}[rel])
-
-
-class SelfJudge:
-    """The judges of one run, built once (rewards are injectable, for tests and reuse)."""
-
-    def __init__(self, cfg: JudgeConfig, device: str = "cpu", caption_reward=None, detection_reward=None, clip_reward=None,
-                 negatives: Callable[[str], list[str]] | None = None):
-        from rewardiff.rewards.registry import build_reward
-
-        unknown = (set(cfg.weights) | set(cfg.thresholds)) - set(COMPONENTS)
-        if unknown:
-            raise RewardiffError(f"judge weights / thresholds: unknown components {sorted(unknown)}; known {list(COMPONENTS)}")
-        self.cfg = cfg
-        self.weights = {k: float(cfg.weights.get(k, 0.0)) for k in COMPONENTS}
-        w = {k: self.weights[k] != 0 or k in cfg.thresholds for k in COMPONENTS}  # components to compute
-        self.needed = w
-        need_caption = w["caption"]
-        need_detection = w["detection"] or w["count"] or w["relation"]
-        need_clip = w["clip"] or w["clip_margin"]
-        self.caption = caption_reward if caption_reward is not None else (build_reward(f"caption@{cfg.captioner}", device) if need_caption else None)
-        self.detection = detection_reward if detection_reward is not None else (build_reward(f"detection@{cfg.detector}", device) if need_detection else None)
-        self.clip = clip_reward if clip_reward is not None else (build_reward(f"clip@{cfg.clip}", device) if need_clip else None)
-        if negatives is None and cfg.clip == "shapes":
-            from rewardiff.shapes.judges.negatives import hard_negatives
-
-            negatives = hard_negatives
-        self.negatives = negatives
-        if (w["count"] or w["relation"]) and self.detection is not None and not hasattr(self.detection.detector, "predictions"):
-            raise RewardiffError("judge weights 'count' / 'relation' need detector boxes (OWLv2); this detector gives confidences only: set them to 0")
-
-    def _boxes(self, images: torch.Tensor, classes: list[list[str]]) -> list[list[dict]]:
-        from rewardiff.shapes.judges.detector import detect
-
-        out: list[list[dict]] = [[] for _ in classes]
-        groups: dict[tuple, list[int]] = {}
-        for i, c in enumerate(classes):
-            groups.setdefault(tuple(self.cfg.vocabulary) if self.cfg.vocabulary else tuple(c), []).append(i)
-        for group, idx in groups.items():
-            dets = detect(self.detection.detector, images[idx], list(group), self.cfg.detection_threshold, self.cfg.nms_iou)
-            for i, d in zip(idx, dets):
-                out[i] = [{"name": x.name, "score": round(x.score, 4), "box": [round(v, 2) for v in x.box]} for x in d]
-        return out
-
-    def _clip_margin(self, images: torch.Tensor, prompts: list[str]) -> list[float]:
-        emb = self.clip.embedder
-        img = emb.image_embeds(images.to(emb.device))
-        out = []
-        for i, p in enumerate(prompts):
-            negs = self.negatives(p) if self.negatives else []
-            if not negs:
-                out.append(0.0)
-                continue
-            sims = emb.text_embeds([p, *negs]) @ img[i]
-            out.append(float((sims[0] - sims[1:].max()).clamp(-1, 1)))
-        return out
-
-    @torch.no_grad()
-    def judge(self, images: torch.Tensor, prompts: list[str]) -> list[Judgement]:
-        """Images (B, 3, H, W) in [0, 1] -> one Judgement per image."""
-        n = len(prompts)
-        comp = {k: [0.0] * n for k in COMPONENTS}
-        captions: list[str | None] = [None] * n
-        boxes: list[list[dict]] = [[] for _ in range(n)]
-        expected: list[dict[str, int]] = [{} for _ in range(n)]
-        if self.caption is not None:
-            out = self.caption(images, prompts)
-            comp["caption"] = out.scores.tolist()
-            captions = list(out.details["caption"])
-        if self.detection is not None:
-            out = self.detection(images, prompts)
-            comp["detection"] = out.scores.tolist()
-            classes = [list(c) for c in out.details["classes"]]
-            expected = [expected_counts(p, c) for p, c in zip(prompts, classes)]
-            if self.needed["count"] or self.needed["relation"]:
-                boxes = self._boxes(images, classes)
-                side = float(max(images.shape[-2:]))
-                for i in range(n):
-                    found = Counter(d["name"] for d in boxes[i])
-                    comp["count"][i] = count_score(dict(found), expected[i], bool(self.cfg.vocabulary))
-                    comp["relation"][i] = relation_score(boxes[i], prompt_relation(prompts[i], classes[i]), side, self.cfg.relation_margin)
-        if self.clip is not None:
-            comp["clip"] = (self.clip(images, prompts).details["cosine"]).tolist()
-            if self.needed["clip_margin"]:
-                comp["clip_margin"] = self._clip_margin(images, prompts)
-        result = []
-        for i in range(n):
-            c = {k: round(float(comp[k][i]), 6) for k in COMPONENTS}
-            score = sum(self.weights[k] * c[k] for k in COMPONENTS)
-            kept = score >= self.cfg.min_score and all(c[k] >= v for k, v in self.cfg.thresholds.items())
-            result.append(Judgement(round(score, 6), c, captions[i], boxes[i], expected[i], bool(kept)))
-        return result
+from rewardiff.rewards.judged import (  # noqa: F401  (re-exported: the scorer's public names)
+    COMPONENTS,
+    JudgeConfig,
+    Judgement,
+    SelfJudge,
+    count_score,
+    expected_counts,
+    prompt_relation,
+    relation_score,
+)
 
 
 def judge_rows(judge: SelfJudge, rows: list[dict], root: Path, batch_size: int, progress: bool = True, desc: str = "judge") -> list[dict]:

@@ -26,16 +26,16 @@ from pathlib import Path
 
 from rewardiff.algorithms.sft import SFTConfig, TrainExample, train_lora
 from rewardiff.errors import RewardiffError
-from rewardiff.generation import METADATA, GenerateConfig, SamplingSettings, load_metadata, run_generation
+from rewardiff.generation import METADATA, GenerateConfig, SamplingSettings, load_metadata, run_generation, validate_sampling
 from rewardiff.io_utils import atomic_write_text, load_image, read_jsonl, write_json
-from rewardiff.judges.prompt_writer import PromptWriterConfig, build_writer, shapes_validator, write_prompts
+from rewardiff.judges.prompt_writer import PromptWriterConfig, build_writer, check_shapes_classes, shapes_validator, write_prompts
 from rewardiff.judges.self_judge import JudgeConfig, SelfJudge, check_pairing, judge_rows, mean_components, select
 
 
 @dataclass
 class EvalSettings:
-    prompts: str = "shapes:heldout"  # held-out prompts the loop never writes
-    num_images: int = 4  # fixed seeds per prompt (seed .. seed + num_images - 1)
+    prompts: str = "shapes:eval"  # held-out prompts the loop never writes (the evaluation protocol: >= 320 images per category)
+    num_images: int = 4  # images per prompt for sources other than the protocol sets (per-(prompt, image) seeds)
     seed: int = 0
     scales: list[float] = field(default_factory=lambda: [0.4, 0.7, 1.0])  # LoRA scales evaluated after the last round (the paper: 0.4, 0.7)
     round_scales: list[float] = field(default_factory=lambda: [1.0])  # LoRA scales evaluated after the other rounds
@@ -187,6 +187,11 @@ def evaluate_model(ctx: _Context, folder: Path, lora: str | None, base_meta: Pat
 
         rep, _ = evaluate_with_oracle(meta)
         result["oracle"] = rep.to_dict()
+        if base_meta is not None:
+            from rewardiff.eval.compare import compare_runs
+
+            comparisons, _ = compare_runs(base_meta, meta, out=folder / "compare", progress=ctx.progress)
+            result["compare"] = comparisons[0].to_dict()
     if ev.judge:
         rows, root = load_metadata(meta)
         result["judge"] = mean_components(judge_rows(ctx.self_judge(), rows, root, cfg.judge.batch_size, ctx.progress, desc="judge eval"))
@@ -213,6 +218,23 @@ def _scale_name(scale: float) -> str:
 # ---- the run -----------------------------------------------------------------------------------
 
 
+def check_settings(cfg: SelfRewardConfig) -> None:
+    """Refuse, before the first phase writes anything, classes the world cannot draw and sampling
+    settings that cannot give images (each error names the field or the class)."""
+    import math
+
+    from rewardiff.models.pipeline import resolve_model
+
+    if not cfg.classes or not all(isinstance(c, str) and c.strip() for c in cfg.classes):
+        raise RewardiffError(f"classes: give at least one non-empty class (e.g. --classes circle,triangle), got {cfg.classes}")
+    if cfg.writer.backend == "shapes" or resolve_model(cfg.model).is_shapes:
+        check_shapes_classes(list(cfg.classes))
+    validate_sampling(cfg.sampling, "sampling")
+    g = cfg.candidate_guidance
+    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0):
+        raise RewardiffError(f"candidate_guidance must be empty (sampling.guidance) or a finite number >= 0, got {g!r}")
+
+
 def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: str | None = None) -> dict:
     """Run (or resume) every round; returns the summary. `stop_after` 'K:PHASE' stops after that
     phase of round K (PHASE: prompts, candidates, judge, train, eval), as a kill would."""
@@ -223,6 +245,7 @@ def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: st
     if cfg.candidates < 2 and cfg.train.loss == "dpo":
         raise RewardiffError("DPO needs at least 2 candidates per prompt (best vs worst)")
     check_pairing(cfg.judge.pairing, cfg.judge.max_pairs_per_prompt)  # fails now, not after the candidates
+    check_settings(cfg)
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")

@@ -7,9 +7,11 @@ rewardiff writes is what any diffusers user can open, and vice versa.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from rewardiff.errors import RewardiffError
 
@@ -36,6 +38,8 @@ def parse_lora_spec(text: str) -> LoraSpec:
             path = head
         except ValueError:
             path = text
+    if not math.isfinite(scale):
+        raise RewardiffError(f"LoRA {path}: scale must be a finite number, got {tail!r}")
     if not Path(path).is_file():
         raise RewardiffError(f"LoRA file not found: {path}")
     if not str(path).endswith(".safetensors"):
@@ -44,7 +48,13 @@ def parse_lora_spec(text: str) -> LoraSpec:
 
 
 def apply_loras(pipe, loras: list[LoraSpec]) -> None:
-    """Load each LoRA as a named adapter and activate them all with their scales."""
+    """Load each LoRA as a named adapter and activate them all with their scales.
+
+    Every file is checked first (finite tensors; every adapted layer exists in the pipeline with
+    the LoRA's in/out sizes), so a LoRA of another model is one clear error naming the file and
+    its first bad key, never a partial load; the library's own log lines are held back while it
+    loads and shown only if it succeeds (a failure is the one RewardiffError).
+    """
     if not loras:
         return
     names = []
@@ -52,11 +62,79 @@ def apply_loras(pipe, loras: list[LoraSpec]) -> None:
         name = f"lora{i}"
         path = Path(spec.path)
         try:
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+            layers = read_lora_layers(path)
+        except UnsupportedLoraFormat:
+            layers = None  # a format only the library reads (DoRA, biases, ...): it checks it itself
+        if layers is not None:
+            check_lora_fits(pipe, path, layers)
+        try:
+            with _library_logs_held():
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
         except Exception as e:
-            raise RewardiffError(f"cannot load LoRA {spec.path}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+            raise RewardiffError(f"cannot load LoRA {spec.path}: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from None
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[s.scale for s in loras])
+
+
+@contextlib.contextmanager
+def _library_logs_held() -> Iterator[None]:
+    """Hold the log records diffusers / peft / transformers emit inside the block; replay them
+    only when the block succeeds (a failed LoRA load is reported once, by the caller)."""
+    import logging
+
+    held: list[logging.LogRecord] = []
+
+    class _Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    hold = _Hold()
+    saved = []
+    for logger_name in ("diffusers", "peft", "transformers"):
+        logger = logging.getLogger(logger_name)
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers, logger.propagate = [hold], False
+    try:
+        yield
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+    for record in held:
+        logging.getLogger(record.name).handle(record)
+
+
+def _component_modules(pipe, component: str) -> dict:
+    module = getattr(pipe, component, None)
+    return {} if module is None else dict(module.named_modules())
+
+
+def check_lora_fits(pipe, path: str | Path, layers: dict[str, LoraLayer]) -> None:
+    """Refuse a LoRA whose layers are not in `pipe` or have other in/out sizes, naming the file and
+    its first bad key. A file's layer 'component.P' adapts the module named P, or ending in '.P'
+    (peft's target-module rule: text-encoder files omit the 'text_model.' prefix)."""
+    import torch
+
+    modules = {component: _component_modules(pipe, component) for component in {m.split(".", 1)[0] for m in layers}}
+    for module_path, layer in layers.items():
+        component, inner = module_path.split(".", 1)
+        key = layer.key or module_path
+        found = modules[component]
+        if not found:
+            raise RewardiffError(f"cannot load LoRA {path}: key {key!r} adapts the {component}, which this model does not have (a LoRA of another model?)")
+        target = found.get(inner)
+        if target is None:
+            target = next((m for n, m in found.items() if n.endswith("." + inner)), None)
+        if target is None:
+            raise RewardiffError(f"cannot load LoRA {path}: key {key!r} adapts {component}.{inner}, which this model does not have (a LoRA of another model?)")
+        base = target.get_base_layer() if hasattr(target, "get_base_layer") else target
+        weight = getattr(base, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() not in (2, 4):
+            raise RewardiffError(f"cannot load LoRA {path}: key {key!r} adapts {component}.{inner}, which is not a linear or convolution layer")
+        fan_in, fan_out = int(weight[0].numel()), int(weight.shape[0])
+        if int(layer.down[0].numel()) != fan_in or int(layer.up.shape[0]) != fan_out:
+            raise RewardiffError(
+                f"cannot load LoRA {path}: key {key!r} has shape {tuple(layer.down.shape)} (up {tuple(layer.up.shape)}) but the model's "
+                f"{component}.{inner} has {fan_in} inputs and {fan_out} outputs (weight {tuple(weight.shape)}): a LoRA of another model?")
 
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -72,6 +150,28 @@ def add_lora(module, rank: int = 4, alpha: float | None = None, targets: tuple[s
         targets = TEXT_LORA_TARGETS if "TextModel" in type(module).__name__ else UNET_LORA_TARGETS
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian", target_modules=list(targets))
     module.add_adapter(config, adapter_name=adapter_name)
+
+
+@contextlib.contextmanager
+def adapters_disabled(*modules) -> Iterator[None]:
+    """Run the frozen base model: every peft LoRA layer of `modules` (None entries skipped) is
+    bypassed inside the block, then restored as it was, requires_grad flags included (peft's
+    re-enable would otherwise mark every active adapter trainable). Works for adapters added by
+    `add_lora` and for those loaded by `pipe.load_lora_weights`, on U-Nets and text encoders alike."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for module in modules if module is not None for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    was_disabled = [layer.disable_adapters for layer in layers]
+    grads = [(p, p.requires_grad) for layer in layers for p in layer.parameters()]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer, disabled in zip(layers, was_disabled):
+            layer.enable_adapters(not disabled)
+        for p, flag in grads:
+            p.requires_grad_(flag)
 
 
 def _adapter_metadata(module) -> dict | None:
@@ -142,6 +242,7 @@ class LoraLayer:
     down: torch.Tensor  # A: (r, in) or (r, in, kh, kw) for convolutions
     up: torch.Tensor  # B: (out, r) or (out, r, 1, 1)
     scale: float  # alpha / r (alpha / sqrt(r) with rsLoRA); 1.0 when the file has no alpha
+    key: str = ""  # the file's key of `down` (for messages); "" for computed layers
 
     @property
     def rank(self) -> int:
@@ -152,14 +253,25 @@ class LoraLayer:
         return self.scale * (self.up.flatten(1) @ self.down.flatten(1)).reshape(self.up.shape[0], *self.down.shape[1:])
 
 
+class UnsupportedLoraFormat(RewardiffError):
+    """A LoRA file rewardiff cannot parse into plain down/up layers (diffusers may still load it)."""
+
+
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    """Tensors and metadata of a LoRA file; refuses one holding NaN or inf, naming the first such key."""
+    import torch
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
         raise RewardiffError(f"LoRA {path}: not a readable safetensors file ({e})") from None
+    for key in sorted(tensors):
+        value = tensors[key]
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            raise RewardiffError(f"LoRA {path}: tensor {key!r} holds NaN or inf values (a diverged training run?)")
+    return tensors, meta
 
 
 def _metadata_scale(meta: dict | None, component: str, module: str, rank: int) -> float | None:
@@ -201,7 +313,7 @@ def read_lora_layers(path: str | Path) -> dict[str, LoraLayer]:
         try:
             tensors, network_alphas = _convert_non_diffusers_lora_to_diffusers(dict(tensors))
         except Exception as e:
-            raise RewardiffError(f"LoRA {path}: cannot convert this kohya-format file ({type(e).__name__}: {e})") from None
+            raise UnsupportedLoraFormat(f"LoRA {path}: cannot convert this kohya-format file ({type(e).__name__}: {e})") from None
         alphas = {k[: -len(_ALPHA_SUFFIX)]: float(v) for k, v in (network_alphas or {}).items()}
     try:
         meta = json.loads(file_meta["lora_adapter_metadata"]) if "lora_adapter_metadata" in file_meta else None
@@ -210,6 +322,7 @@ def read_lora_layers(path: str | Path) -> dict[str, LoraLayer]:
 
     downs: dict[str, torch.Tensor] = {}
     ups: dict[str, torch.Tensor] = {}
+    down_keys: dict[str, str] = {}
     for key, value in tensors.items():
         if key.endswith(_ALPHA_SUFFIX):
             alphas[key[: -len(_ALPHA_SUFFIX)]] = float(value.float().reshape(-1)[0])
@@ -217,17 +330,18 @@ def read_lora_layers(path: str | Path) -> dict[str, LoraLayer]:
         for down_suffix, up_suffix in _PAIR_SUFFIXES:
             if key.endswith(down_suffix):
                 downs[key[: -len(down_suffix)]] = value
+                down_keys[key[: -len(down_suffix)]] = key
                 break
             if key.endswith(up_suffix):
                 ups[key[: -len(up_suffix)]] = value
                 break
         else:
-            raise RewardiffError(f"LoRA {path}: unsupported key {key!r} (only plain LoRA down/up weights and alphas; no DoRA, biases or LoKr)")
+            raise UnsupportedLoraFormat(f"LoRA {path}: unsupported key {key!r} (only plain LoRA down/up weights and alphas; no DoRA, biases or LoKr)")
     layers: dict[str, LoraLayer] = {}
     for module in sorted(set(downs) | set(ups)):
         component = module.split(".", 1)[0]
         if component not in LORA_COMPONENTS:
-            raise RewardiffError(f"LoRA {path}: layer {module!r} does not start with one of {LORA_COMPONENTS} (not a diffusers pipeline LoRA file)")
+            raise UnsupportedLoraFormat(f"LoRA {path}: layer {module!r} does not start with one of {LORA_COMPONENTS} (not a diffusers pipeline LoRA file)")
         if module not in downs or module not in ups:
             raise RewardiffError(f"LoRA {path}: layer {module!r} has only its {'up' if module in ups else 'down'} weight")
         down, up = downs[module].float(), ups[module].float()
@@ -240,7 +354,7 @@ def read_lora_layers(path: str | Path) -> dict[str, LoraLayer]:
             inner = module.split(".", 1)[1]
             scale = _metadata_scale(meta, component, inner, rank)
             scale = 1.0 if scale is None else scale
-        layers[module] = LoraLayer(down, up, scale)
+        layers[module] = LoraLayer(down, up, scale, down_keys[module])
     return layers
 
 
@@ -305,6 +419,11 @@ def fuse_loras(specs: list[LoraSpec], out: str | Path) -> Path:
         raise RewardiffError(f"fused LoRA output must be a .safetensors file, got {out}")
     if not specs:
         raise RewardiffError("fuse needs at least one LoRA file (FILE[:WEIGHT] ...)")
+    for s in specs:
+        if not math.isfinite(s.scale):
+            raise RewardiffError(f"LoRA {s.path}: weight must be a finite number, got {s.scale}")
+        if Path(s.path).resolve() == out.resolve():
+            raise RewardiffError(f"fuse --out {out} is one of the input LoRA files; write the fused LoRA to a new file")
     parts = [(str(s.path), float(s.scale), read_lora_layers(s.path)) for s in specs]
     fused = fuse_lora_layers(parts)
     return atomic_write_bytes(out, save(lora_state_dict(fused), metadata={"format": "pt"}))

@@ -1,4 +1,5 @@
-"""`preference@RUN`: the reward model trained by `rewardiff train-reward` (algorithms/reward_model.py).
+"""`preference@RUN`: the reward model trained by `rewardiff train-reward` (algorithms/reward_model.py;
+its network and run-folder format are in rewards/preference_model.py).
 
     score = MLP(concat(E_img(image), E_txt(prompt)))     (or [.., .., E_img * E_txt], see `features`)
 
@@ -36,7 +37,7 @@ class PreferenceReward(Reward):
     @classmethod
     def from_run(cls, run: str | Path, device: str | torch.device = "cpu", embedder=None) -> "PreferenceReward":
         """A run folder (or its best/); the CLIP of its config unless `embedder` is given."""
-        from rewardiff.algorithms.reward_model import load_preference_model
+        from rewardiff.rewards.preference_model import load_preference_model
 
         model, cfg, meta = load_preference_model(run, device)
         if embedder is None:
@@ -54,7 +55,7 @@ class PreferenceReward(Reward):
     def score(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         image_emb = self.embedder.embed_images(images).float()
         text_emb = self.embedder.embed_texts(prompts).float().to(image_emb.device)
-        from rewardiff.algorithms.reward_model import pair_features
+        from rewardiff.rewards.preference_model import pair_features
 
         x = pair_features(image_emb, text_emb, self.features)
         if x.shape[1] != self.model.in_dim:

@@ -35,10 +35,9 @@ RewardFactory = Callable[[str | None, Device], Reward]
 
 def _clip(model: str | None, device: Device) -> Reward:
     """CLIP score, 100 x cosine clamped at 0 (MODEL: CLIP folder / hub id / 'shapes'; default openai/clip-vit-large-patch14)."""
-    from rewardiff.rewards.clip import DEFAULT_CLIP, ClipScore
-    from rewardiff.rewards.loading import shapes_judge
+    from rewardiff.rewards.by_spec import clip_from_spec
 
-    return ClipScore(shapes_judge(model, "clip") or DEFAULT_CLIP, device=device)
+    return clip_from_spec(model, device)
 
 
 def _aesthetic(model: str | None, device: Device) -> Reward:
@@ -78,24 +77,16 @@ def _imagereward(model: str | None, device: Device) -> Reward:
 
 def _caption(model: str | None, device: Device) -> Reward:
     """BLIP caption vs prompt, CLIP text cosine (MODEL: BLIP folder / hub id / 'shapes'; default Salesforce/blip-image-captioning-large)."""
-    from rewardiff.rewards.caption import DEFAULT_CAPTIONER, CaptionSimilarity
-    from rewardiff.rewards.loading import SHAPES_JUDGES, shapes_judge
+    from rewardiff.rewards.by_spec import caption_from_spec
 
-    if model == SHAPES_JUDGES:  # the shapes captioner, compared through the shapes CLIP's text tower
-        return CaptionSimilarity(shapes_judge(model, "captioner"), text_encoder=shapes_judge(model, "clip"), device=device)
-    return CaptionSimilarity(model or DEFAULT_CAPTIONER, device=device)
+    return caption_from_spec(model, device)
 
 
 def _detection(model: str | None, device: Device) -> Reward:
     """Mean best-box confidence of the prompt's objects (MODEL: OWLv2 or Grounding DINO folder / hub id / 'shapes'; default OWLv2)."""
-    from rewardiff.rewards.detection import DEFAULT_DETECTOR, DetectionConfidence
-    from rewardiff.rewards.loading import SHAPES_JUDGES, shapes_judge
+    from rewardiff.rewards.by_spec import detection_from_spec
 
-    if model == SHAPES_JUDGES:  # the shapes detector queries "{color} {shape}" class names
-        from rewardiff.shapes.judges.detector import prompt_classes
-
-        return DetectionConfidence(shapes_judge(model, "detector"), device=device, parse_classes=prompt_classes)
-    return DetectionConfidence(model or DEFAULT_DETECTOR, device=device)
+    return detection_from_spec(model, device)
 
 
 def _grounding_dino(model: str | None, device: Device) -> Reward:

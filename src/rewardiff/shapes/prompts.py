@@ -156,6 +156,32 @@ def heldout_eval_prompts(per_category: int = EVAL_PROMPTS_PER_CATEGORY) -> list[
     return out
 
 
+EVAL_MIN_IMAGES = 320
+"""Images per category of the evaluation protocol: a pass rate's standard error <= 2.8 points."""
+EVAL_MAX_PROMPTS = 168
+"""Prompts per category in a protocol set (all held-out position prompts; train sets are sampled)."""
+
+
+def protocol_prompts(split: str, min_images: int = EVAL_MIN_IMAGES, max_prompts: int = EVAL_MAX_PROMPTS) -> list[tuple[str, int]]:
+    """(prompt, images) of the evaluation protocol on a split ('heldout' or 'train').
+
+    Every category gets at least `min_images` images, spread over up to `max_prompts` of its
+    prompts (chosen by hash), so each category's pass rate has the same precision although
+    categories have 5 to 672 prompts (held out: single 5 x 64, counting 9 x 36, pair 42 x 8,
+    position 168 x 2). The 'train' set measures on training prompts with fresh seeds: what
+    recipes and checkpoints are chosen on, never on the held-out numbers that are reported.
+    """
+    if split not in ("heldout", "train"):
+        raise RewardiffError(f"protocol split must be 'heldout' or 'train', got {split!r}")
+    out: list[tuple[str, int]] = []
+    for cat in CATEGORIES:
+        pool = split_prompts(cat)[1 if split == "heldout" else 0]
+        chosen = sorted(pool, key=_hash01)[:max_prompts]
+        per_prompt = -(-min_images // len(chosen))
+        out.extend((p, per_prompt) for p in chosen)
+    return out
+
+
 def train_prompts() -> list[str]:
     return [p for cat in CATEGORIES for p in split_prompts(cat)[0]]
 
