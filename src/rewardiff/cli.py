@@ -351,10 +351,11 @@ def os_error_line(e: OSError) -> str:
     name = e.filename2 if e.filename2 is not None else e.filename
     if name is None:
         return str(e.strerror or e)
+    path = os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name)
     reason = e.strerror or str(e)
     if isinstance(e, FileNotFoundError):
-        return f"{os.fsdecode(name)}: {reason}"
-    return f"cannot write {os.fsdecode(name)}: {reason}"
+        return f"{path}: {reason}"
+    return f"cannot write {path}: {reason}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ class DemoConfig:
     seed: int = 0
     batch_size: int = 64
     sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(steps=10))
-    best_of: int = 4  # best-of-N at inference, judged by `judge` (0 or 1 to skip)
+    best_of: int = 1  # > 1: also best-of-N at inference, judged by `judge` (N x the base sampling time; 1 = skip)
     judge: str = "judge@shapes"  # the self-judge's score (captioner + detector), never the oracle
     best_lora: str = ""  # a LoRA evaluated beside the live round, e.g. shapes:best ('' to skip)
     self_reward_round: bool = True  # run one short self-rewarding round + its evaluation
