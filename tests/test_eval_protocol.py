@@ -128,3 +128,13 @@ def test_compare_refuses_mismatched_runs(tmp_path, capsys):
     assert main(["eval", "compare", "--base", str(tmp_path / "a"), "--tuned", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "no tuned twin" in err and len(err.strip().splitlines()) == 1
+
+
+def test_comparison_round_trips_through_its_json():
+    from rewardiff.eval.compare import Comparison
+
+    prompts = ["a"] * 4 + ["b"] * 4
+    per_cat, overall = paired_delta(np.zeros(8), np.ones(8), prompts, ["pair"] * 8, samples=100)
+    c = Comparison("oracle", per_cat, overall, samples=100)
+    back = Comparison.from_dict(c.to_dict())
+    assert back.to_dict() == c.to_dict() and back.markdown() == c.markdown()

@@ -112,7 +112,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 def _self_reward_round(cfg: DemoConfig, out: Path, progress: bool, n: int, steps: int) -> dict:
     from dataclasses import replace
 
-    from rewardiff.eval.compare import Comparison, Delta
+    from rewardiff.eval.compare import Comparison
     from rewardiff.eval.grid import make_grid
     from rewardiff.loop.self_reward import run_self_reward
 
@@ -126,8 +126,7 @@ def _self_reward_round(cfg: DemoConfig, out: Path, progress: bool, n: int, steps
     rows, root = load_metadata(tuned["metadata"])
     make_grid(rows, root, out / "grid_tuned.png")
     cmp = tuned["compare"]
-    cell = lambda d: Delta(**{k: d[k] for k in ("base", "tuned", "change", "ci_low", "ci_high", "images", "prompts")})  # noqa: E731
-    table = Comparison(cmp["metric"], {c: cell(d) for c, d in cmp["categories"].items()}, cell(cmp["overall"]))
+    table = Comparison.from_dict(cmp)
     print(f"\nThe short round's LoRA (scale {scale}) on the same prompts and seeds:")
     print(table.markdown())
     wr = tuned.get("winrate")

@@ -47,8 +47,9 @@ SHAPES_SAMPLING = {"guidance_rescale": 0.7, "height": 32, "width": 32}
 """Defaults for the shapes generator (zero-terminal-SNR models want guidance rescale)."""
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def is_finite_number(value) -> bool:
+    """A real number (not a bool, NaN or inf): the one test every config's numeric check uses."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_sampling(settings: SamplingSettings, where: str = "sampling") -> None:
@@ -63,10 +64,10 @@ def validate_sampling(settings: SamplingSettings, where: str = "sampling") -> No
         raise RewardiffError(f"{name('steps')} must be an integer >= 1, got {steps!r}")
     for field_name in ("guidance", "eta"):
         value = getattr(settings, field_name)
-        if not (_is_number(value) and math.isfinite(value) and value >= 0):
+        if not (is_finite_number(value) and value >= 0):
             raise RewardiffError(f"{name(field_name)} must be a finite number >= 0, got {value!r}")
     rescale = settings.guidance_rescale
-    if rescale is not None and not (_is_number(rescale) and math.isfinite(rescale) and 0 <= rescale <= 1):
+    if rescale is not None and not (is_finite_number(rescale) and 0 <= rescale <= 1):
         raise RewardiffError(f"{name('guidance_rescale')} must be empty (the model's default) or a number in [0, 1], got {rescale!r}")
     for field_name in ("height", "width"):
         value = getattr(settings, field_name)

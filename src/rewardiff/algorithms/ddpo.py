@@ -38,7 +38,6 @@ The algorithm never loads a model: the pipeline and the reward are injected (the
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -161,15 +160,15 @@ def validate(cfg: DDPOConfig) -> None:
         raise RewardiffError(f"advantages must be one of {MODES}, got {cfg.advantages!r}")
     if cfg.eta <= 0:
         raise RewardiffError("DDPO needs eta > 0: a deterministic DDIM step (eta = 0) has no log-probability")
-    from rewardiff.generation import SamplingSettings, validate_sampling
+    from rewardiff.generation import SamplingSettings, is_finite_number, validate_sampling
 
     validate_sampling(SamplingSettings(steps=cfg.steps, guidance=cfg.guidance, guidance_rescale=cfg.guidance_rescale, eta=cfg.eta), "")
     for name in ("lr", "clip_range", "adv_clip_max", "max_grad_norm"):
         value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if not (is_finite_number(value) and value > 0):
             raise RewardiffError(f"{name} must be a finite number > 0, got {value!r}")
-    lo, hi = (list(cfg.train_window) + [None, None])[:2]
-    if len(cfg.train_window) != 2 or not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 <= lo < hi <= 1):
+    window = list(cfg.train_window)
+    if not (len(window) == 2 and all(is_finite_number(v) for v in window) and 0 <= window[0] < window[1] <= 1):
         raise RewardiffError(f"train_window must be [lo, hi] with 0 <= lo < hi <= 1, got {cfg.train_window}")
     if not 0 < cfg.timestep_fraction <= 1:
         raise RewardiffError(f"timestep_fraction must lie in (0, 1], got {cfg.timestep_fraction}")
@@ -275,20 +274,13 @@ def fused_epoch(pipe, policy: Policy, optimizer: torch.optim.Optimizer, reward, 
         r = torch.cat(rewards)
         adv = compute_advantages(cfg.advantages, prompts, r, tracker).clamp(-cfg.adv_clip_max, cfg.adv_clip_max)
         lp = torch.cat(log_probs)  # (N, K), graph to the weights
-        ratio = per_dim_ratio(lp - lp.detach(), _latent_dims(pipe))
+        ratio = per_dim_ratio(lp - lp.detach(), traj.latents[0, 0].numel())
         loss = ppo_loss(adv.to(lp.device)[:, None].expand_as(lp), ratio, cfg.clip_range)
         loss.backward()
     torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return r, {"loss": float(loss.detach()), "approx_kl": 0.0, "clipfrac": 0.0}
-
-
-def _latent_dims(pipe) -> int:
-    """D of one latent: channels x height x width at the U-Net's sample size."""
-    size = pipe.unet.config.sample_size
-    h, w = (size, size) if isinstance(size, int) else size
-    return int(pipe.unet.config.in_channels * h * w)
 
 
 def _score(reward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -25,6 +25,8 @@ BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.95
 RESULT_JSON, RESULT_MD = "compare.json", "compare.md"
 ORACLE = "oracle"
+NOT_SHAPES = "all"
+"""The one category of prompts outside the shapes world (no oracle, no per-category split)."""
 
 
 @dataclass
@@ -60,6 +62,14 @@ class Comparison:
         cell = lambda d: {**asdict(d), "verdict": d.verdict}  # noqa: E731
         return {"metric": self.metric, "bootstrap_samples": self.samples, "confidence": CONFIDENCE,
                 "categories": {c: cell(d) for c, d in self.categories.items()}, "overall": cell(self.overall)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Comparison":
+        """The inverse of to_dict (a finished run's compare.json read back for printing)."""
+        fields = ("base", "tuned", "change", "ci_low", "ci_high", "images", "prompts")
+        cell = lambda d: Delta(**{k: d[k] for k in fields})  # noqa: E731
+        return cls(data["metric"], {c: cell(d) for c, d in data["categories"].items()}, cell(data["overall"]),
+                   data.get("bootstrap_samples", BOOTSTRAP_SAMPLES))
 
     def markdown(self) -> str:
         lines = [f"Paired change by {self.metric} (95% CI: bootstrap over prompts, then images within prompts):", "",
@@ -104,13 +114,13 @@ def pair_rows(rows_base: list[dict], rows_tuned: list[dict]) -> list[tuple[int, 
 
 
 def category_of(prompt: str) -> str:
-    """The shapes category of a prompt, or 'all' for prompts outside the shapes world."""
+    """The shapes category of a prompt, or NOT_SHAPES for prompts outside the shapes world."""
     from rewardiff.shapes.prompts import UnsupportedPromptError, parse_prompt
 
     try:
         return parse_prompt(prompt).category
     except UnsupportedPromptError:
-        return "all"
+        return NOT_SHAPES
 
 
 def paired_delta(base: np.ndarray, tuned: np.ndarray, prompts: list[str], categories: list[str],
@@ -181,7 +191,7 @@ def compare_runs(base: str | Path, tuned: str | Path, rewards: list[str] | None 
     categories = [category_of(p) for p in prompts]
     out_dir = Path(out) if out is not None else root_t / "compare"
     results: list[Comparison] = []
-    if oracle and all(c != "all" for c in categories):
+    if oracle and all(c != NOT_SHAPES for c in categories):
         cats, overall = paired_delta(oracle_passes(rb, root_b), oracle_passes(rt, root_t), prompts, categories)
         results.append(Comparison(ORACLE, cats, overall))
     for spec in rewards or []:

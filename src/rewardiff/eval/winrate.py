@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rewardiff.errors import RewardiffError
+from rewardiff.eval.compare import NOT_SHAPES, category_of
 from rewardiff.generation import load_metadata
 from rewardiff.io_utils import atomic_write_text, read_jsonl, write_json
 
@@ -92,15 +93,6 @@ def bootstrap_ci(out: np.ndarray, groups: np.ndarray, samples: int = BOOTSTRAP_S
     return float(np.quantile(rates, alpha)), float(np.quantile(rates, 1 - alpha))
 
 
-def _category(prompt: str) -> str | None:
-    from rewardiff.shapes.prompts import UnsupportedPromptError, parse_prompt
-
-    try:
-        return parse_prompt(prompt).category
-    except UnsupportedPromptError:
-        return None
-
-
 def compare(rows_base: list[dict], scores_base: list[float], rows_tuned: list[dict], scores_tuned: list[float], reward: str) -> WinRate:
     """Pair rows by (prompt, seed) and count outcomes; every base pair must have a tuned twin."""
     tuned = {(r["prompt"], r.get("seed")): s for r, s in zip(rows_tuned, scores_tuned)}
@@ -121,8 +113,8 @@ def compare(rows_base: list[dict], scores_base: list[float], rows_tuned: list[di
     groups = np.array([prompts.index(k[0]) for k in keys])
     lo, hi = bootstrap_ci(out, groups)
     per_cat: dict[str, dict[str, float]] = {}
-    cats = [_category(k[0]) for k in keys]
-    if all(c is not None for c in cats):
+    cats = [category_of(k[0]) for k in keys]
+    if all(c != NOT_SHAPES for c in cats):
         for cat in dict.fromkeys(cats):
             o = out[np.array([c == cat for c in cats])]
             per_cat[cat] = {"wins": int((o == 1).sum()), "ties": int((o == 0).sum()), "losses": int((o == -1).sum()), "win_rate": _rate(o)}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rewardiff.algorithms.sft import SFTConfig, TrainExample, train_lora
 from rewardiff.errors import RewardiffError
-from rewardiff.generation import METADATA, GenerateConfig, SamplingSettings, load_metadata, run_generation, validate_sampling
+from rewardiff.generation import METADATA, GenerateConfig, SamplingSettings, is_finite_number, load_metadata, run_generation, validate_sampling
 from rewardiff.io_utils import atomic_write_text, load_image, read_jsonl, write_json
 from rewardiff.judges.prompt_writer import PromptWriterConfig, build_writer, check_shapes_classes, shapes_validator, write_prompts
 from rewardiff.judges.self_judge import JudgeConfig, SelfJudge, check_pairing, judge_rows, mean_components, select
@@ -221,8 +221,6 @@ def _scale_name(scale: float) -> str:
 def check_settings(cfg: SelfRewardConfig) -> None:
     """Refuse, before the first phase writes anything, classes the world cannot draw and sampling
     settings that cannot give images (each error names the field or the class)."""
-    import math
-
     from rewardiff.models.pipeline import resolve_model
 
     if not cfg.classes or not all(isinstance(c, str) and c.strip() for c in cfg.classes):
@@ -231,7 +229,7 @@ def check_settings(cfg: SelfRewardConfig) -> None:
         check_shapes_classes(list(cfg.classes))
     validate_sampling(cfg.sampling, "sampling")
     g = cfg.candidate_guidance
-    if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0):
+    if g is not None and not (is_finite_number(g) and g >= 0):
         raise RewardiffError(f"candidate_guidance must be empty (sampling.guidance) or a finite number >= 0, got {g!r}")
 
 
