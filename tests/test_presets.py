@@ -11,6 +11,7 @@ from rewardiff.config import load_config
 from rewardiff.demo import DemoConfig
 from rewardiff.generation import GenerateConfig
 from rewardiff.judges.prompt_writer import PromptTemplate
+from rewardiff.loop.distill import DistillConfig
 from rewardiff.loop.self_reward import SelfRewardConfig
 from rewardiff.shapes.judges.train import TrainJudgesConfig
 from rewardiff.shapes.preference_set import ShapesPreferenceConfig
@@ -19,7 +20,7 @@ from rewardiff.shapes.train_generator import TrainGeneratorConfig
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 KINDS = {"demo": DemoConfig, "generate": GenerateConfig, "shapes_generator": TrainGeneratorConfig, "shapes_judges": TrainJudgesConfig, "reward_model": RewardModelConfig,
          "shapes_preference": ShapesPreferenceConfig, "ddpo": DDPOConfig, "texforce": DDPOConfig, "refl": ReFLConfig,
-         "self_reward": SelfRewardConfig, "prompt_writer": PromptTemplate}
+         "self_reward": SelfRewardConfig, "prompt_writer": PromptTemplate, "distill": DistillConfig}
 
 
 def _kind(path: Path):

@@ -105,6 +105,18 @@ def _cmd_train_ddpo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_sft(args: argparse.Namespace) -> int:
+    from rewardiff.loop.distill import DistillConfig, check_distill_config, run_distill
+    from rewardiff.models.pipeline import load_pipeline
+
+    cfg = _load(DistillConfig, args, {"data": args.data or None, "out": args.out, "train.seed": args.seed, "device": args.device})
+    check_distill_config(cfg)  # before loading anything
+    pipe, _ = load_pipeline(cfg.model, device=cfg.device)
+    path = run_distill(cfg, pipe)
+    print(f"LoRA written to {path}")
+    return 0
+
+
 def _cmd_fuse(args: argparse.Namespace) -> int:
     from rewardiff.models.lora import fuse_loras, parse_lora_spec
 
@@ -236,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for scores.jsonl (default: beside the metadata)")
     p.set_defaults(func=_cmd_score)
 
-    p = sub.add_parser("train", help="reward fine-tuning of a LoRA (ReFL, DDPO / TexForce)")
+    p = sub.add_parser("train", help="fine-tuning of a LoRA: ReFL, DDPO / TexForce, SFT on judged generated sets")
     tsub = p.add_subparsers(dest="train_command", required=True)
     # one sibling per algorithm: t = tsub.add_parser(NAME, ...); its flags; _add_config_args(t); t.set_defaults(func=...)
     t = tsub.add_parser("refl", help="ReFL + KL: backprop a differentiable reward through one late step into a U-Net LoRA (resumable)")
@@ -254,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu, cuda, ...")
     _add_config_args(t)
     t.set_defaults(func=_cmd_train_ddpo)
+
+    t = tsub.add_parser("sft", help="best-of-N distillation: LoRA SFT on generated sets, re-judged (CCSR filter) and balanced per category (resumable)")
+    t.add_argument("--data", action="append", metavar="FOLDER", help="generated set with metadata.jsonl, e.g. from generate --best-of 4 (repeatable; replaces the preset's)")
+    t.add_argument("--out", help="run directory (lora/lora.safetensors, checkpoint/, train_log.jsonl, data.json)")
+    t.add_argument("--seed", type=int, help="training seed (LoRA init, batches, noise)")
+    t.add_argument("--device", help="cpu, cuda, ...")
+    _add_config_args(t)
+    t.set_defaults(func=_cmd_train_sft)
 
     p = sub.add_parser("fuse", help="fuse LoRA files by weighted sums into one diffusers LoRA file (no training)")
     p.add_argument("loras", nargs="+", metavar="FILE[:WEIGHT]", help="LoRA safetensors with weights, e.g. refl.safetensors:0.7 texforce.safetensors:1.0")

@@ -1,15 +1,14 @@
-"""`rewardiff demo`: the main job on the embedded world.
+"""`rewardiff demo`: the main job on the embedded world (about 9 minutes on 2 CPU cores).
 
 1. Loads the shipped shapes generator and generates the evaluation protocol's held-out set
    (`shapes:eval`: every held-out prompt, >= 320 images per category, one seed per (prompt,
    image)); judges it with the oracle and prints the per-category table.
-2. Best-of-N at inference (the CCSR selection used at generation time, AI feedback without
-   training): N candidates per image, the judges keep the one they score highest; paired
-   changes against the base with 95% CIs (oracle and the judge's own score, the hacking check).
-   A shipped LoRA (`best_lora`, e.g. `shapes:best`) is evaluated the same way when given.
-3. Runs one short self-rewarding (CCSR) round on training prompts with the learned judges only
-   (prompts -> candidates -> captioner + detector judging -> best candidate -> LoRA SFT) and
-   evaluates it the same way.
+2. The shipped LoRA `shapes:best` (best-of-4 distillation: LoRA SFT on the judges' picks on
+   training prompts, `scripts/experiments/distill_best.sh`) on the same prompts and seeds: paired
+   per-category changes with 95% CIs, of the oracle and of the judge's own score (the hacking check).
+3. Optional (`best_of: N`): best-of-N at inference, the CCSR selection used at generation time.
+4. Optional (`self_reward_round: true`, about 6 more minutes): one short self-rewarding (CCSR)
+   round on training prompts with the learned judges only, evaluated the same way.
 The oracle only evaluates; nothing it says reaches a judge, a selection or a training step.
 """
 
@@ -46,8 +45,8 @@ class DemoConfig:
     sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(steps=10))
     best_of: int = 1  # > 1: also best-of-N at inference, judged by `judge` (N x the base sampling time; 1 = skip)
     judge: str = "judge@shapes"  # the self-judge's score (captioner + detector), never the oracle
-    best_lora: str = ""  # a LoRA evaluated beside the live round, e.g. shapes:best ('' to skip)
-    self_reward_round: bool = True  # run one short self-rewarding round + its evaluation
+    best_lora: str = "shapes:best"  # a LoRA evaluated against the base: the shipped distilled LoRA ('' to skip)
+    self_reward_round: bool = False  # also run one short self-rewarding round + its evaluation (about 6 minutes)
     self_reward: SelfRewardConfig = field(default_factory=_demo_self_reward)  # out/model/sampling/eval set are the demo's
 
 
@@ -81,7 +80,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     if cfg.best_of > 1:
         variants.append(("best_of", f"best-of-{cfg.best_of} at inference: {cfg.best_of} candidates per image, {cfg.judge} keeps the best", [], cfg.best_of))
     if cfg.best_lora:
-        variants.append(("best_lora", f"the LoRA {cfg.best_lora} (trained from the judges only)", [cfg.best_lora], 1))
+        variants.append(("best_lora", f"the LoRA {cfg.best_lora} (trained from the judges' picks only; the oracle never selected)", [cfg.best_lora], 1))
     for key, title, loras, best_of in variants:
         n += 1
         print(f"\n[{n}/{steps}] {title}, on the same prompts and seeds")

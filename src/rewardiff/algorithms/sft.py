@@ -239,3 +239,25 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
         m.eval()
     write_folder_atomically(out / "lora", lambda tmp: save_lora(tmp / LORA_FILE, unet=pipe.unet, text_encoder=modules.get("text_encoder")))
     return final
+
+
+def validate_sft_config(cfg: SFTConfig, where: str = "train") -> None:
+    """Refuse, before any work, settings that cannot train (each error names the field)."""
+    from rewardiff.generation import is_finite_number
+
+    if cfg.loss not in ("sft", "dpo"):
+        raise RewardiffError(f"{where}.loss must be 'sft' or 'dpo', got {cfg.loss!r}")
+    for name in ("rank", "steps", "batch_size", "checkpoint_every"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, int) and value >= 1):
+            raise RewardiffError(f"{where}.{name} must be a whole number >= 1, got {value!r}")
+    for name in ("lr", "alpha", "grad_clip", "dpo_beta"):
+        value = getattr(cfg, name)
+        if not (is_finite_number(value) and value > 0):
+            raise RewardiffError(f"{where}.{name} must be a finite number > 0, got {value!r}")
+    for name in ("weight_decay", "snr_gamma", "dpo_sft_weight"):
+        value = getattr(cfg, name)
+        if not (is_finite_number(value) and value >= 0):
+            raise RewardiffError(f"{where}.{name} must be a finite number >= 0, got {value!r}")
+    if not (is_finite_number(cfg.cond_dropout) and 0 <= cfg.cond_dropout < 1):
+        raise RewardiffError(f"{where}.cond_dropout must be in [0, 1), got {cfg.cond_dropout!r}")

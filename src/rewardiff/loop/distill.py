@@ -1,0 +1,151 @@
+"""Best-of-N distillation (`rewardiff train sft`): LoRA SFT on a generated set the judges picked.
+
+`generate --best-of N --judge SPEC` buys a better image with N samples at every inference; RAFT
+(Dong et al. 2023) and the CCSR selection pay that price once: fine-tune on the judges' picks and
+sample once afterwards. This module is that second half, for any generated set:
+
+  1. data      the rows of one or more `metadata.jsonl` folders (e.g. best-of-N on training prompts)
+  2. filter    the self-judge (captioner + detector) re-judges every image; an image is kept only
+               if its components pass `judge.thresholds` (the CCSR image filter: exact counts, the
+               asked relation) and its score is at least `judge.min_score`
+  3. balance   each shapes category gets the same weight in the training draws (replicated
+               indices), so a category with many kept images (single objects pass most often)
+               cannot teach every prompt to draw one object; prompts outside the shapes world
+               form one group
+  4. train     `algorithms.sft.train_lora` (resumable) -> OUT/lora/lora.safetensors
+
+The oracle is never read: what is kept is decided by the judges alone. OUT/data.json records how
+many images each category had and kept.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rewardiff.algorithms.sft import SFTConfig, TrainExample, train_lora, validate_sft_config
+from rewardiff.errors import RewardiffError
+from rewardiff.generation import check_prompts_for_model, is_finite_number, load_metadata
+from rewardiff.io_utils import load_image, write_json
+from rewardiff.judges.self_judge import JudgeConfig, SelfJudge, judge_rows
+
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class DistillConfig:
+    model: str = "shapes"  # the generator the LoRA is trained on: 'shapes', a pipeline folder or a hub id
+    data: list[str] = field(default_factory=list)  # generated-set folders (each with metadata.jsonl), e.g. best-of-N picks
+    filter: bool = True  # re-judge every image and keep those passing judge.thresholds / judge.min_score
+    balance: bool = True  # equal weight per shapes category in the training draws
+    device: str = "cpu"
+    out: str = "runs/distill"
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # the image filter (the CCSR loop's judge settings)
+    train: SFTConfig = field(default_factory=SFTConfig)
+
+
+@dataclass
+class DistillData:
+    examples: list[TrainExample]  # kept images, replicated per category when balancing
+    counts: dict[str, dict[str, int]]  # category -> {"images": n, "kept": k, "draw_weight": replicas}
+
+
+def _category(prompt: str) -> str:
+    from rewardiff.eval.compare import category_of
+
+    return category_of(prompt)
+
+
+def balanced_order(categories: list[str]) -> tuple[list[int], dict[str, int]]:
+    """Indices into `categories` in which each category appears about equally often: every item
+    of category c is repeated round(max_count / count_c) times. Returns (indices, replicas)."""
+    counts = Counter(categories)
+    if not counts:
+        return [], {}
+    top = max(counts.values())
+    replicas = {c: max(1, round(top / n)) for c, n in counts.items()}
+    return [i for i, c in enumerate(categories) for _ in range(replicas[c])], replicas
+
+
+def load_distill_data(cfg: DistillConfig, judge: SelfJudge | None, progress: bool = True) -> DistillData:
+    """The kept (prompt, image) examples of cfg.data, judged by `judge` when cfg.filter is set."""
+    if not cfg.data:
+        raise RewardiffError("train sft: no data; give --data FOLDER (a generated set with metadata.jsonl), repeatable")
+    rows: list[dict] = []
+    roots: list[Path] = []
+    for folder in cfg.data:
+        found, root = load_metadata(folder)
+        rows.extend(found)
+        roots.extend([root] * len(found))
+    kept_flags = [True] * len(rows)
+    if cfg.filter:
+        if judge is None:
+            raise RewardiffError("train sft: filter is on but no judge was given")
+        judged: list[dict] = []
+        for root in dict.fromkeys(roots):
+            part = [r for r, rr in zip(rows, roots) if rr == root]
+            judged.extend(judge_rows(judge, part, root, cfg.judge.batch_size, progress, desc="judge data"))
+        kept_flags = [bool(j["kept"]) for j in judged]
+    categories = [_category(r["prompt"]) for r in rows]
+    kept = [i for i, k in enumerate(kept_flags) if k]
+    if not kept:
+        raise RewardiffError("train sft: the judge kept no image of the data (lower judge.thresholds or generate more)")
+    kept_categories = [categories[i] for i in kept]
+    order, replicas = balanced_order(kept_categories) if cfg.balance else (list(range(len(kept))), Counter())
+    images = {i: load_image(roots[i] / rows[i]["image"]) for i in kept}
+    examples = [TrainExample(rows[kept[j]]["prompt"], images[kept[j]]) for j in order]
+    total = Counter(categories)
+    kept_count = Counter(kept_categories)
+    counts = {c: {"images": total[c], "kept": kept_count[c], "draw_weight": int(replicas.get(c, 1)) if cfg.balance else 1}
+              for c in sorted(total)}
+    return DistillData(examples, counts)
+
+
+def check_distill_config(cfg: DistillConfig) -> None:
+    """Refuse, before a model is loaded or anything written, data that is missing or drawn for
+    another world, an output folder inside a data folder or holding another run, and bad
+    training or filter settings."""
+    from rewardiff.config import load_config, to_dict
+
+    if not cfg.data:
+        raise RewardiffError("train sft: no data; give --data FOLDER (a generated set with metadata.jsonl), repeatable")
+    out = Path(cfg.out).resolve()
+    for folder in cfg.data:
+        rows, root = load_metadata(folder)
+        if out == root.resolve() or root.resolve() in out.parents:
+            raise RewardiffError(f"train sft: --out {cfg.out} lies inside the data folder {folder}; choose another --out")
+        check_prompts_for_model(sorted({r["prompt"] for r in rows}), cfg.model)
+    validate_sft_config(cfg.train)
+    if cfg.train.loss != "sft":
+        raise RewardiffError(f"train sft trains with loss 'sft' (DPO pairs come from the self-reward loop), got train.loss={cfg.train.loss!r}")
+    bad = {k: v for k, v in cfg.judge.thresholds.items() if not is_finite_number(v)}
+    if bad:
+        raise RewardiffError(f"judge.thresholds must be finite numbers, got {bad}")
+    saved = Path(cfg.out) / CONFIG_FILE
+    if saved.is_file():
+        old = to_dict(load_config(DistillConfig, saved))
+        diffs = [k for k, v in to_dict(cfg).items() if k not in ("out", "device") and old.get(k) != v]
+        if diffs:
+            raise RewardiffError(f"output directory {cfg.out} holds a train sft run with other settings ({diffs[0]}); choose another --out")
+    elif Path(cfg.out).is_dir() and any(Path(cfg.out).iterdir()):
+        raise RewardiffError(f"output directory {cfg.out} is not empty and holds no train sft run; choose another --out")
+
+
+def run_distill(cfg: DistillConfig, pipe, progress: bool = True) -> Path:
+    """Filter, balance and fine-tune; returns OUT/lora/lora.safetensors (resumes a killed run)."""
+    from rewardiff.config import save_config
+
+    check_distill_config(cfg)
+    out = Path(cfg.out)
+    judge = SelfJudge(cfg.judge, device=cfg.device) if cfg.filter else None
+    data = load_distill_data(cfg, judge, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / CONFIG_FILE).is_file():
+        save_config(cfg, out / CONFIG_FILE)
+    write_json(out / "data.json", {"sources": cfg.data, "filter": cfg.filter, "balance": cfg.balance, "categories": data.counts,
+                                   "examples": len(data.examples)})
+    lines = ", ".join(f"{c} {v['kept']}/{v['images']} (x{v['draw_weight']})" for c, v in data.counts.items())
+    print(f"[train sft] kept images by category: {lines}", flush=True)
+    return train_lora(pipe, data.examples, cfg.train, out, progress=progress)

@@ -1,0 +1,137 @@
+"""Best-of-N distillation (`train sft`): the judge filter drops images that do not show their
+prompt, categories are balanced in the draws, the LoRA opens in diffusers, a rerun resumes, and
+bad input is refused before anything is written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rewardiff.config import load_config
+from rewardiff.errors import RewardiffError
+from rewardiff.io_utils import append_jsonl, read_jsonl
+from rewardiff.loop.distill import DistillConfig, balanced_order, check_distill_config, load_distill_data
+from rewardiff.judges.self_judge import SelfJudge
+from rewardiff.shapes.dataset import render_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "configs" / "distill_shapes.yaml"
+PROMPTS = ["a red circle", "a blue square and a green triangle", "three yellow circles", "a purple triangle left of a red square"]
+
+
+def test_balanced_order_equalises_categories():
+    order, replicas = balanced_order(["single"] * 6 + ["pair"] * 2 + ["position"] * 3)
+    assert replicas == {"single": 1, "pair": 3, "position": 2}
+    drawn = [["single"] * 6 + ["pair"] * 2 + ["position"] * 3][0]
+    counts = {c: sum(drawn[i] == c for i in order) for c in replicas}
+    assert counts == {"single": 6, "pair": 6, "position": 6}
+    assert balanced_order([]) == ([], {})
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> Path:
+    """Ground-truth renders of four prompts, plus two rows whose image shows another prompt."""
+    folder = tmp_path_factory.mktemp("data")
+    prompts = folder / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    meta = render_dataset(str(prompts), 2, 0, folder)
+    rows = list(read_jsonl(meta))
+    wrong = [dict(rows[0], prompt="three blue squares", prompt_index=9, index=0),  # a red circle, labelled three blue squares
+             dict(rows[2], prompt="a green circle", prompt_index=9, index=1)]  # a pair, labelled a single object
+    append_jsonl(meta, wrong)
+    return folder
+
+
+def _cfg(data: Path, out: Path, *overrides: str) -> DistillConfig:
+    return load_config(DistillConfig, PRESET, [f"data=[{data}]", f"out={out}", *overrides])
+
+
+def test_filter_drops_mislabelled_images_and_balances(rendered, tmp_path):
+    cfg = _cfg(rendered, tmp_path / "run")
+    data = load_distill_data(cfg, SelfJudge(cfg.judge), progress=False)
+    prompts = [e.prompt for e in data.examples]
+    assert "three blue squares" not in prompts and "a green circle" not in prompts  # the judge saw other objects
+    assert data.counts["single"]["images"] == 3 and data.counts["counting"]["images"] == 3
+    kept = {c: v["kept"] for c, v in data.counts.items()}
+    assert all(1 <= k <= 2 for k in kept.values()), kept  # true renders kept (the judge errs at times), mislabelled ones dropped
+    drawn = {c: sum(1 for e in data.examples if _cat(e.prompt) == c) for c in kept}
+    assert drawn == {c: max(kept.values()) for c in kept}  # equal draws per category after balancing
+    unfiltered = load_distill_data(_cfg(rendered, tmp_path / "run2", "filter=false", "balance=false"), None, progress=False)
+    assert len(unfiltered.examples) == 10  # 8 renders + 2 mislabelled rows, nothing dropped
+
+
+def _cat(prompt: str) -> str:
+    from rewardiff.eval.compare import category_of
+
+    return category_of(prompt)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "rewardiff.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def test_train_sft_cli_writes_a_lora_that_diffusers_opens_and_resumes(rendered, tmp_path):
+    from rewardiff.models.pipeline import load_pipeline
+
+    out = tmp_path / "sft"
+    args = ["train", "sft", "--config", str(PRESET), "--data", str(rendered), "--out", str(out),
+            "--set", "train.steps=3", "--set", "train.batch_size=4", "--set", "train.checkpoint_every=2"]
+    first = _cli(*args)
+    assert first.returncode == 0, first.stderr
+    lora = out / "lora" / "lora.safetensors"
+    assert lora.is_file() and json.loads((out / "data.json").read_text())["categories"]["pair"]["kept"] == 2
+    pipe, _ = load_pipeline("shapes")
+    pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)  # plain diffusers opens it
+    before = lora.read_bytes()
+    again = _cli(*args)
+    assert again.returncode == 0 and lora.read_bytes() == before  # a finished run is kept, not retrained
+    other = _cli(*args[:-1], "train.checkpoint_every=5", "--set", "train.lr=2e-4")
+    assert other.returncode != 0 and "other settings" in other.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.lr=.nan"], "train.lr"),
+    (["train.steps=0"], "train.steps"),
+    (["train.loss=dpo"], "loss 'sft'"),
+    (["judge.thresholds={count: .inf}"], "judge.thresholds"),
+    (["data=[]"], "no data"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(rendered, tmp_path, overrides, message):
+    out = tmp_path / "bad"
+    with pytest.raises(RewardiffError, match=message):
+        check_distill_config(_cfg(rendered, out, *overrides))
+    assert not out.exists()
+
+
+def test_out_inside_the_data_folder_and_foreign_prompts_are_refused(rendered, tmp_path):
+    with pytest.raises(RewardiffError, match="inside the data folder"):
+        check_distill_config(_cfg(rendered, rendered / "sft"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    append_jsonl(foreign / "metadata.jsonl", [{"prompt": "a photo of a cat", "image": "x.png"}])
+    with pytest.raises((RewardiffError, ValueError), match="cat"):
+        check_distill_config(_cfg(foreign, tmp_path / "o"))
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "train_log.jsonl").write_text("{}\n")
+    with pytest.raises(RewardiffError, match="not empty"):
+        check_distill_config(_cfg(rendered, busy))
+    assert (busy / "train_log.jsonl").read_text() == "{}\n"
+
+
+def test_shipped_best_lora_is_named_and_opens_in_plain_diffusers():
+    from rewardiff.models.lora import parse_lora_spec, shipped_lora_path
+    from rewardiff.models.pipeline import load_pipeline
+
+    spec = parse_lora_spec("shapes:best:0.5")
+    assert Path(spec.path) == shipped_lora_path("shapes:best") and spec.scale == 0.5
+    assert Path(spec.path).is_relative_to(ROOT / "src" / "rewardiff" / "shapes" / "weights" / "best")
+    pipe, _ = load_pipeline("shapes")
+    pipe.load_lora_weights(str(Path(spec.path).parent), weight_name="lora.safetensors")  # plain diffusers, no rewardiff code
+    assert any("lora" in n for n, _ in pipe.unet.named_parameters())
+    with pytest.raises(RewardiffError, match="shapes:worst"):
+        parse_lora_spec("shapes:worst")
