@@ -9,7 +9,8 @@ import pytest
 from rewardiff.cli import main
 from rewardiff.errors import RewardiffError
 from rewardiff.eval.compare import pair_rows, paired_delta
-from rewardiff.generation import images_per_prompt, read_prompts
+from rewardiff.config import load_config
+from rewardiff.generation import GenerateConfig, images_per_prompt, read_prompts, run_generation
 from rewardiff.io_utils import read_jsonl
 from rewardiff.seeding import image_seed
 from rewardiff.shapes.prompts import parse_prompt, protocol_prompts, split_prompts
@@ -118,6 +119,22 @@ def test_generate_best_of_and_compare_end_to_end(tmp_path, capsys):
     judged = result["comparisons"][1]["overall"]
     assert judged["change"] >= 0  # the best of 3 (candidate 0 is the base image) never scores below it
     assert "| **overall** |" in capsys.readouterr().out
+
+
+def test_best_of_with_plain_run_reuses_candidate_zero_and_is_identical(tmp_path):
+    common = ["--prompts", "a red circle", "--num-images", "3", "--steps", "2", "--batch-size", "8"]
+    assert main(["generate", *common, "--out", str(tmp_path / "base")]) == 0
+    assert main(["generate", *common, "--best-of", "2", "--out", str(tmp_path / "fresh")]) == 0
+    assert main(["generate", *common, "--best-of", "2", "--plain", str(tmp_path / "base"), "--out", str(tmp_path / "reused")]) == 0
+    fresh = list(read_jsonl(tmp_path / "fresh" / "metadata.jsonl"))
+    reused = list(read_jsonl(tmp_path / "reused" / "metadata.jsonl"))
+    assert [(r["seed"], r["candidate"]) for r in fresh] == [(r["seed"], r["candidate"]) for r in reused]
+    for a, b in zip(fresh, reused):
+        assert (tmp_path / "fresh" / a["image"]).read_bytes() == (tmp_path / "reused" / b["image"]).read_bytes()
+    with pytest.raises(RewardiffError, match="steps"):  # a plain run of other settings is not candidate 0
+        run_generation(load_config(GenerateConfig, None, [], values={"prompts": "a red circle", "num_images": 3, "sampling.steps": 3,
+                                                                    "best_of": 2, "plain": str(tmp_path / "base"), "out": str(tmp_path / "x")}))
+    assert not (tmp_path / "x").exists()
 
 
 def test_compare_refuses_mismatched_runs(tmp_path, capsys):

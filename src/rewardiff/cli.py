@@ -30,6 +30,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "model": args.model, "prompts": args.prompts, "num_images": args.num_images, "seed": args.seed,
         "out": args.out, "batch_size": args.batch_size, "device": args.device, "loras": args.lora or None,
         "sampling.steps": args.steps, "sampling.guidance": args.guidance, "best_of": args.best_of, "judge": args.judge,
+        "plain": args.plain,
     })
     meta = run_generation(cfg)
     print(f"wrote {meta}")
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="denoising steps (default 30)")
     p.add_argument("--best-of", type=int, metavar="N", help="sample N candidates per image, keep the one --judge scores highest (default 1)")
     p.add_argument("--judge", metavar="SPEC", help="reward spec that picks among best-of-N candidates (default judge@shapes)")
+    p.add_argument("--plain", metavar="DIR", help="best-of-N: a finished plain run (--best-of 1, same settings) whose images are candidate 0, so each image costs N-1 samples")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 5.0)")
     p.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="LoRA safetensors, repeatable")
     p.add_argument("--batch-size", type=int, help="images per pipeline call")

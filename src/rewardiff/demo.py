@@ -51,8 +51,9 @@ class DemoConfig:
 
 
 def _generate(cfg: DemoConfig, out: Path, loras: list[str], progress: bool, best_of: int = 1) -> Path:
+    plain = str(out.parent / "base") if best_of > 1 and not loras else ""  # the base images are candidate 0: N-1 new samples per image
     gen = GenerateConfig(model=cfg.model, prompts=cfg.prompts, num_images=cfg.num_images, seed=cfg.seed, batch_size=cfg.batch_size,
-                         out=str(out), loras=loras, sampling=cfg.sampling, best_of=best_of, judge=cfg.judge)
+                         out=str(out), loras=loras, sampling=cfg.sampling, best_of=best_of, judge=cfg.judge, plain=plain)
     return run_generation(gen, progress=progress)
 
 

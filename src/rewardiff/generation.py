@@ -163,6 +163,7 @@ class GenerateConfig:
     seed: int = 0  # base seed: image k of prompt p uses image_seed(seed, p, k)
     best_of: int = 1  # > 1: sample N candidates per image and keep the one the judge scores highest
     judge: str = "judge@shapes"  # reward spec that picks among best-of-N candidates
+    plain: str = ""  # best-of-N: a finished plain run of the same settings whose images are candidate 0 (N-1 samples per image instead of N)
     batch_size: int = 16  # images per pipeline call
     out: str = "runs/generate"
     loras: list[str] = field(default_factory=list)  # 'file.safetensors[:scale]'
@@ -248,6 +249,7 @@ def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Pat
     if meta_path.is_file():
         done = {(r["prompt_index"], r["index"]) for r in read_jsonl(meta_path) if (out / r["image"]).is_file()}
     jobs = [(i, k) for i in range(len(prompts)) for k in range(counts[i]) if (i, k) not in done]
+    reused = _plain_candidates(cfg, signature, prompts) if cfg.plain and cfg.best_of > 1 else None
     judge = None
     if jobs:  # the model-dependent checks (a LoRA that does not fit the model) also come before any write
         if cfg.best_of > 1:
@@ -272,7 +274,8 @@ def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Pat
     per_call = max(1, cfg.batch_size // cfg.best_of)
     for start in range(0, len(jobs), per_call):
         batch = jobs[start : start + per_call]
-        picks = _sample_batch(pipe, [prompts[i] for i, _ in batch], [k for _, k in batch], cfg, sampling, judge)
+        plain = [reused[(i, k)] for i, k in batch] if reused is not None else None
+        picks = _sample_batch(pipe, [prompts[i] for i, _ in batch], [k for _, k in batch], cfg, sampling, judge, plain)
         rows = []
         for (i, k), (image, seed, extra) in zip(batch, picks):
             rel = f"images/{i:05d}_{k:03d}.png"
@@ -284,14 +287,47 @@ def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Pat
     return meta_path
 
 
+def _plain_candidates(cfg: GenerateConfig, signature: dict, prompts: list[str]) -> dict[tuple[int, int], Path]:
+    """(prompt index, image index) -> PNG of a finished plain run that is this run with best_of 1:
+    those images are exactly candidate 0 (same seeds), so they need not be sampled again."""
+    plain = Path(cfg.plain)
+    run_file = plain / RUN_FILE
+    if not run_file.is_file():
+        raise RewardiffError(f"--plain {plain}: not a generate run (no {RUN_FILE})")
+    theirs = json.loads(run_file.read_text())
+    ours = {**signature, "best_of": 1, "judge": None}
+    diffs = [k for k in ours if theirs.get(k) != ours[k]]
+    if diffs:
+        raise RewardiffError(f"--plain {plain}: a different run ({diffs[0]}: {theirs.get(diffs[0])!r} there, {ours[diffs[0]]!r} here); "
+                             "it must be this run with --best-of 1")
+    rows = {(r["prompt_index"], r["index"]): r for r in read_jsonl(plain / METADATA)} if (plain / METADATA).is_file() else {}
+    wanted = [(i, k) for i in range(len(prompts)) for k in range(images_per_prompt(cfg.prompts, prompts, cfg.num_images)[i])]
+    missing = [key for key in wanted if key not in rows or not (plain / rows[key]["image"]).is_file()]
+    if missing:
+        i, k = missing[0]
+        raise RewardiffError(f"--plain {plain}: unfinished (image {k} of {prompts[i]!r} missing); finish it or drop --plain")
+    return {key: plain / rows[key]["image"] for key in wanted}
+
+
 def _sample_batch(pipe, prompts: list[str], indices: list[int], cfg: GenerateConfig, sampling: SamplingSettings,
-                  judge) -> list[tuple[np.ndarray, int, dict]]:
-    """(image, seed, extra row fields) per (prompt, index): the plain sample, or the judge's best of N."""
+                  judge, plain: list[Path] | None = None) -> list[tuple[np.ndarray, int, dict]]:
+    """(image, seed, extra row fields) per (prompt, index): the plain sample, or the judge's best of N
+    (candidate 0 read from `plain` PNGs when given, the others sampled)."""
+    from rewardiff.io_utils import load_image
+
     n = cfg.best_of
     seeds = [image_seed(cfg.seed, p, k, j) for p, k in zip(prompts, indices) for j in range(n)]
     flat_prompts = [p for p in prompts for _ in range(n)]
-    images = np.concatenate([sample_images(pipe, flat_prompts[s:s + cfg.batch_size], seeds[s:s + cfg.batch_size], sampling)
-                             for s in range(0, len(seeds), cfg.batch_size)])
+    todo = [s for s in range(len(seeds)) if plain is None or s % n]
+    sampled = np.concatenate([sample_images(pipe, [flat_prompts[s] for s in todo[c:c + cfg.batch_size]],
+                                            [seeds[s] for s in todo[c:c + cfg.batch_size]], sampling)
+                              for c in range(0, len(todo), cfg.batch_size)])
+    if plain is None:
+        images = sampled
+    else:
+        images = np.empty((len(seeds), *sampled.shape[1:]), dtype=sampled.dtype)
+        images[todo] = sampled
+        images[0::n] = np.stack([load_image(path) for path in plain])
     if judge is None:
         return [(img, seed, {}) for img, seed in zip(images, seeds)]
     with torch.no_grad():
