@@ -217,3 +217,9 @@ def test_lora_format_flags_reach_every_lora_writer(monkeypatch):
         parser.parse_args(["train", "ddpo", "--lora-format", "onnx"])
     with pytest.raises(RewardiffError, match="unknown LoRA format"):
         validate(DDPOConfig(lora_format="onnx"))
+    # the file format is not part of the training: a run resumes with another one (and old checkpoints lack it)
+    from rewardiff.algorithms.ddpo import _signature
+    from rewardiff.algorithms.refl import RESUME_FREE_FIELDS
+
+    assert _signature(DDPOConfig(lora_format="kohya")) == _signature(DDPOConfig())
+    assert "lora_format" in RESUME_FREE_FIELDS

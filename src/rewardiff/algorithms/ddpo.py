@@ -58,8 +58,8 @@ TARGETS = ("unet", "text_encoder", "both")
 CHECKPOINT = "checkpoint"
 LORA_FILE = "lora.safetensors"
 SUMMARY = "summary.json"
-NOT_IN_SIGNATURE = ("epochs", "save_every", "out", "threads", "device")
-"""Fields a resumed run may change (run longer, elsewhere, with more threads); any other change
+NOT_IN_SIGNATURE = ("epochs", "save_every", "out", "threads", "device", "lora_format")
+"""Fields a resumed run may change (run longer, elsewhere, with more threads, LoRA file format); any other change
 means a different run."""
 
 

@@ -30,7 +30,7 @@ from rewardiff.rewards.base import Reward
 
 LORA_FILE = "lora.safetensors"
 CHECKPOINT = "checkpoint"
-RESUME_FREE_FIELDS = ("train_steps", "save_every", "out", "threads", "device")
+RESUME_FREE_FIELDS = ("train_steps", "save_every", "out", "threads", "device", "lora_format")
 """Config fields a resumed run may change; any other difference means another run."""
 
 
