@@ -7,13 +7,21 @@ import os
 import sys
 from pathlib import Path
 
+from rewardiff.cli_help import mark_config_flags, use_help_formatter
 from rewardiff.errors import RewardiffError
+from rewardiff.models.lora_formats import LORA_FORMATS
+
+LORA_FORMAT_HELP = "key names of the written LoRA: diffusers, or kohya (lora_unet_*/lora_te*_ + .alpha: A1111, ComfyUI, kohya tools)"
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML preset (see configs/)")
+def _add_config_args(p: argparse.ArgumentParser, config: str, example: str, keys: dict[str, str] | None = None) -> None:
+    """--config/--set for a command whose settings are the dataclass `config` ('module:Class');
+    its flags show the dataclass defaults in --help (`keys`: flag dest -> dotted key where they differ)."""
+    p.add_argument("--config", help="YAML preset (see configs/); its values replace the defaults shown here")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted config override, e.g. --set sampling.steps=50 (repeatable)")
+                   help=f"dotted config override, e.g. {example} (repeatable; any field of the config, as in config.yaml)")
+    p.set_defaults(config_class=config)
+    mark_config_flags(p, config, keys)
 
 
 def _load(cls, args: argparse.Namespace, flags: dict[str, object]):
@@ -82,11 +90,12 @@ def _cmd_train_refl(args: argparse.Namespace) -> int:
     from rewardiff.models.pipeline import load_pipeline
     from rewardiff.rewards.registry import build_rewards
 
-    cfg = _load(ReFLConfig, args, {"out": args.out, "reward": args.reward or None, "seed": args.seed, "device": args.device})
+    cfg = _load(ReFLConfig, args, {"out": args.out, "reward": args.reward or None, "seed": args.seed, "device": args.device,
+                                   "lora_format": args.lora_format})
     check_prompts_for_model(read_prompts(cfg.prompts), cfg.model)  # before loading anything
     pipe, _ = load_pipeline(cfg.model, device=cfg.device)
     path = train_refl(cfg, pipe, build_rewards(cfg.reward, device=cfg.device))
-    print(f"LoRA written to {path}")
+    print(f"LoRA written to {path} (run: {cfg.out}: checkpoint/, train_log.jsonl, config.yaml)")
     return 0
 
 
@@ -97,7 +106,7 @@ def _cmd_train_ddpo(args: argparse.Namespace) -> int:
     from rewardiff.rewards.registry import build_rewards
 
     cfg = _load(DDPOConfig, args, {"out": args.out, "target": args.target, "reward": args.reward or None,
-                                   "seed": args.seed, "device": args.device})
+                                   "seed": args.seed, "device": args.device, "lora_format": args.lora_format})
     validate(cfg)  # before loading anything (train_ddpo checks again)
     check_prompts_for_model(read_prompts(cfg.prompts), cfg.model)
     pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device))
@@ -110,7 +119,8 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
     from rewardiff.loop.distill import DistillConfig, check_distill_config, run_distill
     from rewardiff.models.pipeline import load_pipeline
 
-    cfg = _load(DistillConfig, args, {"data": args.data or None, "out": args.out, "train.seed": args.seed, "device": args.device})
+    cfg = _load(DistillConfig, args, {"data": args.data or None, "out": args.out, "train.seed": args.seed, "device": args.device,
+                                      "train.lora_format": args.lora_format})
     check_distill_config(cfg)  # before loading anything
     pipe, _ = load_pipeline(cfg.model, device=cfg.device)
     path = run_distill(cfg, pipe)
@@ -121,7 +131,7 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
 def _cmd_fuse(args: argparse.Namespace) -> int:
     from rewardiff.models.lora import fuse_loras, parse_lora_spec
 
-    out = fuse_loras([parse_lora_spec(s) for s in args.loras], args.out)
+    out = fuse_loras([parse_lora_spec(s) for s in args.loras], args.out, lora_format=args.lora_format)
     print(f"wrote {out}")
     return 0
 
@@ -130,9 +140,13 @@ def _cmd_self_reward(args: argparse.Namespace) -> int:
     from rewardiff.loop.self_reward import SelfRewardConfig, run_self_reward, summary_markdown
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    cfg = _load(SelfRewardConfig, args, {"out": args.out, "rounds": args.rounds, "classes": classes, "model": args.model})
+    cfg = _load(SelfRewardConfig, args, {"out": args.out, "rounds": args.rounds, "classes": classes, "model": args.model,
+                                         "train.lora_format": args.lora_format})
     summary = run_self_reward(cfg)
     print(summary_markdown(summary))
+    run = Path(cfg.out)
+    print(f"\nwrote {run / 'summary.md'}, {run / 'summary.json'}, {run / 'plots'}; "
+          f"LoRA of the last round: {run / f'round_{cfg.rounds}' / 'train' / 'lora' / 'lora.safetensors'}")
     return 0
 
 
@@ -157,8 +171,18 @@ def _cmd_eval_compare(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rewardiff.demo import DemoConfig, run_demo
 
-    cfg = _load(DemoConfig, args, {"out": args.out, "model": args.model})
+    cfg = _load(DemoConfig, args, {"out": args.out, "model": args.model, "self_reward.train.lora_format": args.lora_format})
     run_demo(cfg)
+    out = Path(cfg.out)
+    print(f"\nwrote {out}: base/ (images, metadata.jsonl, oracle_eval.md), grid.png"
+          + (f", self_reward/ (summary.md, the round's LoRA), grid_tuned.png" if cfg.self_reward_round else ""))
+    return 0
+
+
+def _cmd_export_lora(args: argparse.Namespace) -> int:
+    from rewardiff.models.lora import export_lora
+
+    print(f"wrote {export_lora(args.lora, args.out, args.format)} ({args.format} format)")
     return 0
 
 
@@ -213,14 +237,29 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_DESCRIPTION = """\
+The demo on the embedded shapes world (CPU, no model hub; about 11 minutes on 2 cores):
+ 1. generates the evaluation protocol's held-out set (shapes:eval: every held-out prompt,
+    >= 320 images per category, one seed per (prompt, image)) with the shipped generator and
+    judges it with the exact oracle (evaluation only): the per-category table;
+ 2. runs one short self-rewarding (CCSR) round: grammar-written training prompts x candidates,
+    judged by the learned captioner + detector, best per prompt -> LoRA SFT;
+ 3. evaluates the tuned model on the same prompts and seeds: paired changes with 95% CIs
+    (eval compare) and the CLIP-score win rate. --set best_of=4 adds best-of-4 at inference.
+Writes OUT/base/ (images, metadata.jsonl, oracle_eval.md), OUT/grid.png, OUT/self_reward/
+(every phase of the round, compare/, summary.md, plots) and OUT/grid_tuned.png."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rewardiff", description="Improve text-to-image diffusion models with AI feedback.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the main job: evaluate the shipped shapes generator on held-out prompts")
+    p = sub.add_parser("demo", help="the main job: evaluate the shipped shapes generator on held-out prompts", description=DEMO_DESCRIPTION)
     p.add_argument("--out", help="run directory (default runs/demo)")
     p.add_argument("--model", help="generator (default: shapes)")
-    _add_config_args(p)
+    p.add_argument("--lora-format", choices=LORA_FORMATS, help="key names of the self-rewarding round's LoRA: diffusers or kohya")
+    _add_config_args(p, "rewardiff.demo:DemoConfig", "--set best_of=4 --set self_reward.train.steps=300",
+                     keys={"lora_format": "self_reward.train.lora_format"})
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("generate", help="generate images for prompts; writes PNGs + metadata.jsonl (resumable)")
@@ -238,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per pipeline call")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--out", help="output directory")
-    _add_config_args(p)
+    _add_config_args(p, "rewardiff.generation:GenerateConfig", "--set sampling.steps=50 --set sampling.guidance_rescale=0.7",
+                     keys={"steps": "sampling.steps", "guidance": "sampling.guidance", "lora": "loras"})
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("score", help="score a generated set with one or more rewards (weighted sum in 'total')")
@@ -258,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (lora.safetensors, checkpoint/, train_log.jsonl)")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="cpu, cuda, ...")
-    _add_config_args(t)
+    t.add_argument("--lora-format", choices=LORA_FORMATS, help=LORA_FORMAT_HELP)
+    _add_config_args(t, "rewardiff.algorithms.refl:ReFLConfig", "--set train_steps=200 --set beta=0.05")
     t.set_defaults(func=_cmd_train_refl)
     t = tsub.add_parser("ddpo", help="DDPO / TexForce: PPO on a LoRA of the U-Net, the text encoder or both, any reward (resumable)")
     t.add_argument("--target", choices=["unet", "text_encoder", "both"], help="unet (DDPO), text_encoder (TexForce), both (joint)")
@@ -266,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (lora.safetensors, checkpoint/, train_log.jsonl, summary.json)")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="cpu, cuda, ...")
-    _add_config_args(t)
+    t.add_argument("--lora-format", choices=LORA_FORMATS, help=LORA_FORMAT_HELP)
+    _add_config_args(t, "rewardiff.algorithms.ddpo:DDPOConfig", "--set epochs=40 --set lr=3e-3")
     t.set_defaults(func=_cmd_train_ddpo)
 
     t = tsub.add_parser("sft", help="best-of-N distillation: LoRA SFT on generated sets, re-judged (CCSR filter) and balanced per category (resumable)")
@@ -274,13 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (lora/lora.safetensors, checkpoint/, train_log.jsonl, data.json)")
     t.add_argument("--seed", type=int, help="training seed (LoRA init, batches, noise)")
     t.add_argument("--device", help="cpu, cuda, ...")
-    _add_config_args(t)
+    t.add_argument("--lora-format", choices=LORA_FORMATS, help=LORA_FORMAT_HELP)
+    _add_config_args(t, "rewardiff.loop.distill:DistillConfig", "--set train.steps=300 --set train.lr=3e-4",
+                     keys={"seed": "train.seed", "lora_format": "train.lora_format"})
     t.set_defaults(func=_cmd_train_sft)
 
-    p = sub.add_parser("fuse", help="fuse LoRA files by weighted sums into one diffusers LoRA file (no training)")
+    p = sub.add_parser("fuse", help="fuse LoRA files (diffusers or kohya format) by weighted sums into one LoRA file (no training)")
     p.add_argument("loras", nargs="+", metavar="FILE[:WEIGHT]", help="LoRA safetensors with weights, e.g. refl.safetensors:0.7 texforce.safetensors:1.0")
     p.add_argument("--out", required=True, help="fused .safetensors file")
+    p.add_argument("--lora-format", choices=LORA_FORMATS, default="diffusers", help=LORA_FORMAT_HELP)
     p.set_defaults(func=_cmd_fuse)
+
+    p = sub.add_parser("export-lora", help="rewrite a LoRA file in the kohya (A1111, ComfyUI) or diffusers key format")
+    p.add_argument("lora", metavar="IN", help="LoRA .safetensors (diffusers or kohya format)")
+    p.add_argument("--format", required=True, choices=LORA_FORMATS, help="format of OUT")
+    p.add_argument("--out", required=True, metavar="OUT", help="new .safetensors file (never IN)")
+    p.set_defaults(func=_cmd_export_lora)
 
     p = sub.add_parser("eval", help="evaluate a generated set")
     esub = p.add_subparsers(dest="eval_command", required=True)
@@ -298,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = esub.add_parser("compare", help="paired per-category changes (oracle and rewards) with 95%% bootstrap CIs over prompts and images")
     e.add_argument("--base", required=True, help="base model's metadata.jsonl (or folder)")
     e.add_argument("--tuned", required=True, help="tuned model's metadata.jsonl (same prompts, image counts and seeds)")
-    e.add_argument("--reward", action="append", metavar="SPEC", help="also compare by this reward (repeatable), e.g. judge@shapes")
+    e.add_argument("--reward", action="append", metavar="SPEC", help="also compare by this reward (repeatable), e.g. judge@shapes (default: the oracle only)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", help="where to write compare.{json,md} (default TUNED_DIR/compare)")
     e.set_defaults(func=_cmd_eval_compare)
@@ -319,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="number of rounds")
     p.add_argument("--model", help="generator: 'shapes', a pipeline folder or a hub id")
     p.add_argument("--out", help="run directory (default runs/self-reward)")
-    _add_config_args(p)
+    p.add_argument("--lora-format", choices=LORA_FORMATS, help=LORA_FORMAT_HELP)
+    _add_config_args(p, "rewardiff.loop.self_reward:SelfRewardConfig", "--set train.loss=dpo --set candidates=6",
+                     keys={"lora_format": "train.lora_format"})
     p.set_defaults(func=_cmd_self_reward)
 
     p = sub.add_parser("train-reward", help="train the preference reward model (CLIP embeddings + MLP, Bradley-Terry; resumable)")
@@ -327,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/reward-model)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, ...")
-    _add_config_args(p)
+    _add_config_args(p, "rewardiff.algorithms.reward_model:RewardModelConfig", "--set epochs=10 --set lr=3e-5")
     p.set_defaults(func=_cmd_train_reward)
 
     p = sub.add_parser("shapes", help="the embedded shapes world")
@@ -335,28 +388,28 @@ def build_parser() -> argparse.ArgumentParser:
     s = ssub.add_parser("train-generator", help="train the tiny generator on rendered images, from scratch or --set unet.init_from=DIR (resumable)")
     s.add_argument("--out", help="run directory (default runs/shapes-generator)")
     s.add_argument("--seed", type=int)
-    _add_config_args(s)
+    _add_config_args(s, "rewardiff.shapes.train_generator:TrainGeneratorConfig", "--set unet.steps=2000 --set unet.lr=1e-4")
     s.set_defaults(func=_cmd_train_generator)
     s = ssub.add_parser("export-generator", help="write a training run's EMA weights as a pipeline folder")
     s.add_argument("run", help="training run directory")
     s.add_argument("dest", help="destination pipeline folder")
     s.set_defaults(func=_cmd_export_generator)
     s = ssub.add_parser("train-judges", help="train the judges (CLIP-like, detector, captioner) on rendered images (resumable)")
-    s.add_argument("--only", choices=["clip", "detector", "captioner"], help="train one judge only")
+    s.add_argument("--only", choices=["clip", "detector", "captioner"], help="train one judge only (default: all three)")
     s.add_argument("--out", help="run directory (default runs/shapes-judges)")
     s.add_argument("--seed", type=int)
-    _add_config_args(s)
+    _add_config_args(s, "rewardiff.shapes.judges.train:TrainJudgesConfig", "--set threads=2")
     s.set_defaults(func=_cmd_train_judges)
     s = ssub.add_parser("eval-judges", help="judges' accuracy on held-out rendered images and agreement with the oracle")
     s.add_argument("--judges", help="judges folder (<judge>/ or a train-judges run; default: the shipped judges)")
-    s.add_argument("--generated", metavar="METADATA", help="generated set (metadata.jsonl or folder) to compare with the oracle")
+    s.add_argument("--generated", metavar="METADATA", help="generated set (metadata.jsonl or folder) to compare with the oracle (default: none, rendered images only)")
     s.add_argument("--per-prompt", type=int, default=4, help="rendered images per held-out prompt")
     s.add_argument("--out", required=True, help="where to write judges_eval.{json,md}")
     s.set_defaults(func=_cmd_eval_judges)
     s = ssub.add_parser("make-preference-set", help="base-generator images ranked by a simulated noisy rater (ImageRewardDB layout; resumable)")
     s.add_argument("--out", help="dataset folder (default runs/shapes-preference)")
     s.add_argument("--device", help="cpu, cuda, ...")
-    _add_config_args(s)
+    _add_config_args(s, "rewardiff.shapes.preference_set:ShapesPreferenceConfig", "--set min_images=4 --set sampling.steps=20")
     s.set_defaults(func=_cmd_make_preference_set)
     s = ssub.add_parser("render", help="render ground-truth images for prompts (metadata.jsonl layout)")
     s.add_argument("--prompts", default="shapes:heldout")
@@ -364,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_render)
-    return parser
+    return use_help_formatter(parser)
 
 
 def os_error_line(e: OSError) -> str:

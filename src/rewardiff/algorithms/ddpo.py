@@ -58,8 +58,8 @@ TARGETS = ("unet", "text_encoder", "both")
 CHECKPOINT = "checkpoint"
 LORA_FILE = "lora.safetensors"
 SUMMARY = "summary.json"
-NOT_IN_SIGNATURE = ("epochs", "save_every", "out", "threads", "device")
-"""Fields a resumed run may change (run longer, elsewhere, with more threads); any other change
+NOT_IN_SIGNATURE = ("epochs", "save_every", "out", "threads", "device", "lora_format")
+"""Fields a resumed run may change (run longer, elsewhere, with more threads, LoRA file format); any other change
 means a different run."""
 
 
@@ -100,6 +100,7 @@ class DDPOConfig:
     seed: int = 0  # seeds prompts, noise, LoRA init and minibatch order
     save_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
     out: str = "runs/ddpo"  # run folder: lora.safetensors, checkpoint/, train_log.jsonl, summary.json
+    lora_format: str = "diffusers"  # key names of OUT/lora.safetensors: diffusers | kohya (A1111, ComfyUI)
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     device: str = "cpu"  # cpu, cuda, cuda:1, mps
     dtype: str = "float32"  # weights dtype: float32 (LoRA training), float16, bfloat16, auto
@@ -170,6 +171,9 @@ def validate(cfg: DDPOConfig) -> None:
     window = list(cfg.train_window)
     if not (len(window) == 2 and all(is_finite_number(v) for v in window) and 0 <= window[0] < window[1] <= 1):
         raise RewardiffError(f"train_window must be [lo, hi] with 0 <= lo < hi <= 1, got {cfg.train_window}")
+    from rewardiff.models.lora_formats import check_lora_format
+
+    check_lora_format(cfg.lora_format)
     if not 0 < cfg.timestep_fraction <= 1:
         raise RewardiffError(f"timestep_fraction must lie in (0, 1], got {cfg.timestep_fraction}")
     for name in ("epochs", "sample_batch_size", "sample_batches", "samples_per_prompt", "train_batch_size",
@@ -230,10 +234,10 @@ class Policy:
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.named.values())
 
-    def save_lora(self, path: Path) -> Path:
+    def save_lora(self, path: Path, lora_format: str = "diffusers") -> Path:
         from rewardiff.models.lora import save_lora
 
-        return save_lora(path, unet=self.modules.get("unet"), text_encoder=self.modules.get("text_encoder"))
+        return save_lora(path, unet=self.modules.get("unet"), text_encoder=self.modules.get("text_encoder"), lora_format=lora_format)
 
 
 def sample_epoch(pipe, reward, prompts: list[str], seeds: list[int], cfg: DDPOConfig, rescale: float) -> Samples:
@@ -483,7 +487,7 @@ def train_ddpo(cfg: DDPOConfig, pipe, reward, progress: bool = True) -> DDPOResu
     bar.close()
     log.close()
     cpu_minutes = (cpu_before + time.process_time() - cpu_start) / 60
-    lora = policy.save_lora(out / LORA_FILE)
+    lora = policy.save_lora(out / LORA_FILE, lora_format=cfg.lora_format)
     write_json(out / SUMMARY, {
         "target": cfg.target, "reward": cfg.reward, "epochs": cfg.epochs,
         "images_per_epoch": cfg.sample_batch_size * cfg.sample_batches,

@@ -30,7 +30,7 @@ from rewardiff.rewards.base import Reward
 
 LORA_FILE = "lora.safetensors"
 CHECKPOINT = "checkpoint"
-RESUME_FREE_FIELDS = ("train_steps", "save_every", "out", "threads", "device")
+RESUME_FREE_FIELDS = ("train_steps", "save_every", "out", "threads", "device", "lora_format")
 """Config fields a resumed run may change; any other difference means another run."""
 
 
@@ -58,6 +58,7 @@ class ReFLConfig:
     seed: int = 0  # seeds the LoRA init and every step's prompts, image noise and t
     save_every: int = 10  # optimiser steps between checkpoints (and at the end)
     out: str = "runs/refl"  # run directory: lora.safetensors, checkpoint/, train_log.jsonl, config.yaml
+    lora_format: str = "diffusers"  # key names of OUT/lora.safetensors: diffusers | kohya (A1111, ComfyUI)
     device: str = "cpu"  # cpu, cuda, ...
     threads: int = 0  # torch CPU threads; 0 = torch's default
 
@@ -84,6 +85,9 @@ def check_differentiable(reward: Reward) -> None:
 
 
 def _check_config(cfg: ReFLConfig) -> None:
+    from rewardiff.models.lora_formats import check_lora_format
+
+    check_lora_format(cfg.lora_format)
     if cfg.steps < 1 or not 1 <= cfg.last_k <= cfg.steps:
         raise RewardiffError(f"need steps >= 1 and 1 <= last_k <= steps, got steps={cfg.steps}, last_k={cfg.last_k}")
     if cfg.kl_eta <= 0:
@@ -226,5 +230,5 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
                             extra={"torch_rng": torch.get_rng_state()})
     bar.close()
     log.close()
-    tmp = save_lora(out / f".{LORA_FILE}.tmp.safetensors", unet=unet)
+    tmp = save_lora(out / f".{LORA_FILE}.tmp.safetensors", unet=unet, lora_format=cfg.lora_format)
     return tmp.replace(out / LORA_FILE)  # atomic: a kill never leaves a half-written LoRA

@@ -57,6 +57,7 @@ class SFTConfig:
     timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # train on this fraction of the schedule; [0.6, 1.0] = the noisiest 40%, where layout forms (not the fine detail of the model's own artefacts)
     grad_clip: float = 1.0  # max global grad norm
     checkpoint_every: int = 100  # steps between resumable checkpoints
+    lora_format: str = "diffusers"  # key names of the written lora.safetensors: diffusers | kohya (A1111, ComfyUI)
     seed: int = 0
 
 
@@ -165,11 +166,13 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
 
     from rewardiff.io_utils import write_folder_atomically
     from rewardiff.models.lora import save_lora
+    from rewardiff.models.lora_formats import check_lora_format
     from rewardiff.models.pipeline import is_sdxl
     from rewardiff.train_log import TrainLog
 
     if cfg.loss not in ("sft", "dpo"):
         raise RewardiffError(f"train.loss must be 'sft' or 'dpo', got {cfg.loss!r}")
+    check_lora_format(cfg.lora_format)
     if is_sdxl(pipe):
         raise RewardiffError("LoRA SFT/DPO is implemented for SD 1.x / 2.x pipelines (one text encoder); SDXL is not supported yet")
     if not examples:
@@ -237,7 +240,7 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
     log.close()
     for m in modules.values():
         m.eval()
-    write_folder_atomically(out / "lora", lambda tmp: save_lora(tmp / LORA_FILE, unet=pipe.unet, text_encoder=modules.get("text_encoder")))
+    write_folder_atomically(out / "lora", lambda tmp: save_lora(tmp / LORA_FILE, unet=pipe.unet, text_encoder=modules.get("text_encoder"), lora_format=cfg.lora_format))
     return final
 
 

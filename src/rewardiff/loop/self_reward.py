@@ -30,6 +30,7 @@ from rewardiff.generation import METADATA, GenerateConfig, SamplingSettings, is_
 from rewardiff.io_utils import atomic_write_text, load_image, read_jsonl, write_json
 from rewardiff.judges.prompt_writer import PromptWriterConfig, build_writer, check_shapes_classes, shapes_validator, write_prompts
 from rewardiff.judges.self_judge import JudgeConfig, SelfJudge, check_pairing, judge_rows, mean_components, select
+from rewardiff.models.lora_formats import check_lora_format
 
 
 @dataclass
@@ -243,6 +244,7 @@ def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: st
     if cfg.candidates < 2 and cfg.train.loss == "dpo":
         raise RewardiffError("DPO needs at least 2 candidates per prompt (best vs worst)")
     check_pairing(cfg.judge.pairing, cfg.judge.max_pairs_per_prompt)  # fails now, not after the candidates
+    check_lora_format(cfg.train.lora_format)
     check_settings(cfg)
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """LoRA files as users name them ('file.safetensors:0.7'), their application at inference, and
-their weighted fusion into one file (`fuse_loras`).
+their weighted fusion into one file (`fuse_loras`), and their export to another key format
+(`export_lora`: diffusers <-> kohya, see lora_formats).
 
-Loading goes through diffusers' `load_lora_weights` (the diffusers LoRA format), so what
-rewardiff writes is what any diffusers user can open, and vice versa.
+Loading goes through diffusers' `load_lora_weights` (it reads both formats), so what rewardiff
+writes is what any diffusers user can open, and vice versa.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from rewardiff.errors import RewardiffError
+from rewardiff.models.lora_formats import check_lora_format, from_kohya, is_kohya, kohya_metadata, kohya_state_dict, normalize_module
 
 if TYPE_CHECKING:
     import torch
@@ -202,10 +204,13 @@ def _adapter_metadata(module) -> dict | None:
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in configs[name].to_dict().items()}
 
 
-def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None) -> Path:
-    """Write the adapters of a U-Net and/or text encoder as one diffusers LoRA safetensors file.
+def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None, text_encoder_2=None,
+              lora_format: str = "diffusers") -> Path:
+    """Write the adapters of a U-Net and/or text encoder(s) as one LoRA safetensors file.
 
-    The result opens with `pipe.load_lora_weights(dir, weight_name=file)`.
+    `lora_format` 'diffusers' (default) opens with `pipe.load_lora_weights(dir, weight_name=file)`;
+    'kohya' writes the names A1111 / ComfyUI / kohya tools load (`lora_formats.kohya_state_dict`),
+    which `load_lora_weights` opens too. SDXL's second encoder needs `text_encoder_2`.
     """
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -214,10 +219,22 @@ def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None)
     path = Path(path)
     if path.suffix != ".safetensors":
         raise RewardiffError(f"LoRA output must be a .safetensors file, got {path}")
-    if unet is None and text_encoder is None:
+    if unet is None and text_encoder is None and text_encoder_2 is None:
         raise RewardiffError("save_lora needs a U-Net or a text encoder with a LoRA adapter")
+    if check_lora_format(lora_format) == "kohya":
+        # written in diffusers' format first (its converter knows peft's names), then renamed
+        tmp = save_lora(path.with_name(f".{path.stem}.diffusers.tmp.safetensors"), unet, text_encoder, pipeline_cls, text_encoder_2)
+        try:
+            sdxl = text_encoder_2 is not None or "XL" in getattr(pipeline_cls, "__name__", "")
+            return write_lora_layers(read_lora_layers(tmp), path, "kohya", sdxl=sdxl)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if text_encoder_2 is not None and pipeline_cls is None:
+        from diffusers import StableDiffusionXLPipeline
+
+        pipeline_cls = StableDiffusionXLPipeline
     layers = {}
-    for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+    for name, module in (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
         if module is not None:
             layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
             # rank and alpha travel with the tensors (diffusers' lora_adapter_metadata), so a LoRA
@@ -308,9 +325,10 @@ def _metadata_scale(meta: dict | None, component: str, module: str, rank: int) -
 
 
 def read_lora_layers(path: str | Path) -> dict[str, LoraLayer]:
-    """A diffusers-format LoRA file -> {'unet.<module>' | 'text_encoder.<module>': LoraLayer}.
+    """A diffusers- or kohya-format LoRA file -> {'unet.<module>' | 'text_encoder[_2].<module>': LoraLayer}.
 
-    Kohya/A1111 files (lora_unet_* keys) are converted with diffusers' own converter first.
+    Kohya/A1111 files (lora_unet_* / lora_te* keys) are converted with diffusers' own converters
+    first (`lora_formats.from_kohya`); text-encoder modules are named without 'text_model.' in both.
     """
     import json
 
@@ -325,14 +343,11 @@ def read_lora_layers(path: str | Path) -> dict[str, LoraLayer]:
     if not tensors:
         raise RewardiffError(f"LoRA {path}: the file holds no tensors")
     alphas: dict[str, float] = {}
-    if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in tensors):
-        from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
-
+    if is_kohya(tensors):
         try:
-            tensors, network_alphas = _convert_non_diffusers_lora_to_diffusers(dict(tensors))
+            tensors, alphas = from_kohya(tensors)
         except Exception as e:
             raise UnsupportedLoraFormat(f"LoRA {path}: cannot convert this kohya-format file ({type(e).__name__}: {e})") from None
-        alphas = {k[: -len(_ALPHA_SUFFIX)]: float(v) for k, v in (network_alphas or {}).items()}
     try:
         meta = json.loads(file_meta["lora_adapter_metadata"]) if "lora_adapter_metadata" in file_meta else None
     except json.JSONDecodeError:
@@ -372,7 +387,10 @@ def read_lora_layers(path: str | Path) -> dict[str, LoraLayer]:
             inner = module.split(".", 1)[1]
             scale = _metadata_scale(meta, component, inner, rank)
             scale = 1.0 if scale is None else scale
-        layers[module] = LoraLayer(down, up, scale, down_keys[module])
+        name = normalize_module(module)  # one name per layer in either format, so files fuse and compare
+        if name in layers:
+            raise RewardiffError(f"LoRA {path}: layer {module!r} appears twice (with and without 'text_model.')")
+        layers[name] = LoraLayer(down, up, scale, down_keys[module])
     return layers
 
 
@@ -422,16 +440,49 @@ def lora_state_dict(layers: dict[str, LoraLayer]) -> dict:
     return out
 
 
-def fuse_loras(specs: list[LoraSpec], out: str | Path) -> Path:
-    """Write one diffusers LoRA file whose delta on every layer is sum_i w_i * s_i * B_i A_i.
+def write_lora_layers(layers: dict[str, LoraLayer], out: str | Path, lora_format: str = "diffusers", sdxl: bool | None = None) -> Path:
+    """Write layers as one LoRA file (atomically) in the diffusers or kohya format.
 
-    TexForce's "ReFL + TexForce" fusion: a U-Net LoRA and a text-encoder LoRA trained apart merge
-    into one file; LoRAs on the same layers add. No training; loads with `load_lora_weights`.
-    """
+    diffusers: each layer's scale is folded into `up` (scale-1 tensors, no alpha keys needed);
+    kohya: `.alpha` = scale * rank beside unchanged tensors. `sdxl` picks lora_te1_/lora_te2_
+    over lora_te_ (None: when a layer adapts text_encoder_2)."""
     from safetensors.torch import save
 
     from rewardiff.io_utils import atomic_write_bytes
 
+    if check_lora_format(lora_format) == "kohya":
+        tensors, meta = kohya_state_dict(layers, sdxl=sdxl), kohya_metadata(layers)
+    else:
+        folded = {m: LoraLayer(layer.down, layer.up * layer.scale, 1.0) for m, layer in layers.items()}
+        tensors, meta = lora_state_dict(folded), {"format": "pt"}
+    return atomic_write_bytes(Path(out), save(tensors, metadata=meta))
+
+
+def export_lora(src: str | Path, out: str | Path, lora_format: str) -> Path:
+    """Rewrite a LoRA file in another format (diffusers <-> kohya); the same deltas on every layer.
+
+    Refuses a file that is not a LoRA and OUT == IN (the input is never overwritten)."""
+    src, out = Path(src), Path(out)
+    check_lora_format(lora_format)
+    if out.suffix != ".safetensors":
+        raise RewardiffError(f"export-lora --out must be a .safetensors file, got {out}")
+    if out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src)):
+        raise RewardiffError(f"export-lora --out {out} is the input file; write the converted LoRA to a new file")
+    try:
+        layers = read_lora_layers(src)
+    except UnsupportedLoraFormat as e:
+        raise RewardiffError(f"{src} is not a LoRA rewardiff can convert: {str(e).split(': ', 1)[-1]}") from None
+    return write_lora_layers(layers, out, lora_format)
+
+
+def fuse_loras(specs: list[LoraSpec], out: str | Path, lora_format: str = "diffusers") -> Path:
+    """Write one LoRA file whose delta on every layer is sum_i w_i * s_i * B_i A_i.
+
+    TexForce's "ReFL + TexForce" fusion: a U-Net LoRA and a text-encoder LoRA trained apart merge
+    into one file; LoRAs on the same layers add. Inputs in either format; output in
+    `lora_format` (diffusers or kohya). No training; loads with `load_lora_weights`.
+    """
+    check_lora_format(lora_format)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise RewardiffError(f"fused LoRA output must be a .safetensors file, got {out}")
@@ -443,5 +494,4 @@ def fuse_loras(specs: list[LoraSpec], out: str | Path) -> Path:
         if Path(s.path).resolve() == out.resolve():
             raise RewardiffError(f"fuse --out {out} is one of the input LoRA files; write the fused LoRA to a new file")
     parts = [(str(s.path), float(s.scale), read_lora_layers(s.path)) for s in specs]
-    fused = fuse_lora_layers(parts)
-    return atomic_write_bytes(out, save(lora_state_dict(fused), metadata={"format": "pt"}))
+    return write_lora_layers(fuse_lora_layers(parts), out, lora_format)
