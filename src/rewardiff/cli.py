@@ -16,11 +16,41 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="dotted config override, e.g. --set sampling.steps=50 (repeatable)")
 
 
+def _add_log_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", metavar="BACKEND", help="also log to BACKEND beside tensorboard: wandb (needs rewardiff[wandb]; "
+                   "WANDB_MODE=offline works without an account); sample images every $REWARDIFF_LOG_IMAGES_EVERY steps (default 10)")
+
+
+def _use_log_backends(args: argparse.Namespace) -> None:
+    """--log: checked before anything runs, then handed to every trainer's TrainLog via $REWARDIFF_LOG."""
+    if getattr(args, "log", None):
+        from rewardiff.train_log import LOG_ENV, check_wandb, log_backends
+
+        if "wandb" in log_backends(args.log):
+            check_wandb()
+        os.environ[LOG_ENV] = args.log
+
+
 def _load(cls, args: argparse.Namespace, flags: dict[str, object]):
     """Defaults <- --config preset <- explicit flags <- --set overrides."""
     from rewardiff.config import load_config
 
     return load_config(cls, args.config, list(args.overrides), values=flags)
+
+
+def _report_at_end(run: str | Path) -> None:
+    """The HTML report of a finished run, RUN/report/index.html; its path is the last line printed."""
+    from rewardiff.eval.report import write_report
+
+    print(f"report: {write_report([Path(run)], Path(run) / 'report', on_note=print)}")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rewardiff.eval.report import write_report
+
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
+    print(f"wrote {write_report([Path(r) for r in args.runs], out, on_note=lambda line: print(f'note: {line}'))}")
+    return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -86,6 +116,7 @@ def _cmd_train_refl(args: argparse.Namespace) -> int:
     pipe, _ = load_pipeline(cfg.model, device=cfg.device)
     path = train_refl(cfg, pipe, build_rewards(cfg.reward, device=cfg.device))
     print(f"LoRA written to {path}")
+    _report_at_end(cfg.out)
     return 0
 
 
@@ -102,6 +133,7 @@ def _cmd_train_ddpo(args: argparse.Namespace) -> int:
     pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device))
     result = train_ddpo(cfg, pipe, build_rewards(cfg.reward, device=cfg.device))
     print(f"LoRA written to {result.lora} ({result.cpu_minutes:.1f} CPU-minutes)")
+    _report_at_end(cfg.out)
     return 0
 
 
@@ -120,6 +152,7 @@ def _cmd_self_reward(args: argparse.Namespace) -> int:
     cfg = _load(SelfRewardConfig, args, {"out": args.out, "rounds": args.rounds, "classes": classes, "model": args.model})
     summary = run_self_reward(cfg)
     print(summary_markdown(summary))
+    _report_at_end(cfg.out)
     return 0
 
 
@@ -244,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (lora.safetensors, checkpoint/, train_log.jsonl)")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="cpu, cuda, ...")
+    _add_log_arg(t)
     _add_config_args(t)
     t.set_defaults(func=_cmd_train_refl)
     t = tsub.add_parser("ddpo", help="DDPO / TexForce: PPO on a LoRA of the U-Net, the text encoder or both, any reward (resumable)")
@@ -252,8 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (lora.safetensors, checkpoint/, train_log.jsonl, summary.json)")
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="cpu, cuda, ...")
+    _add_log_arg(t)
     _add_config_args(t)
     t.set_defaults(func=_cmd_train_ddpo)
+
+    p = sub.add_parser("report", help="static HTML report of one or several runs (tables with CIs, curves, image grids); open it from disk")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders: generate, eval compare output, self-reward, train ddpo/refl, demo")
+    p.add_argument("--out", help="report folder (index.html + figures/; default FIRST_RUN/report)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("fuse", help="fuse LoRA files by weighted sums into one diffusers LoRA file (no training)")
     p.add_argument("loras", nargs="+", metavar="FILE[:WEIGHT]", help="LoRA safetensors with weights, e.g. refl.safetensors:0.7 texforce.safetensors:1.0")
@@ -297,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="number of rounds")
     p.add_argument("--model", help="generator: 'shapes', a pipeline folder or a hub id")
     p.add_argument("--out", help="run directory (default runs/self-reward)")
+    _add_log_arg(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_self_reward)
 
@@ -305,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/reward-model)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, ...")
+    _add_log_arg(p)
     _add_config_args(p)
     p.set_defaults(func=_cmd_train_reward)
 
@@ -361,6 +403,7 @@ def os_error_line(e: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _use_log_backends(args)
         return int(args.func(args) or 0)
     except (RewardiffError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
