@@ -94,6 +94,7 @@ def _cmd_train_reward(args: argparse.Namespace) -> int:
     test = f", test accuracy {100 * result.test_accuracy:.2f}%" if result.test_accuracy is not None else ""
     print(f"best epoch {result.best_epoch}: validation accuracy {100 * result.best_val_accuracy:.2f}%{test}")
     print(f"reward model written to {result.run / 'best'} (use it as --reward preference@{result.run})")
+    _report_at_end(result.run)
     return 0
 
 

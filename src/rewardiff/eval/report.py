@@ -202,6 +202,8 @@ def _progress_status(folder: Path) -> str | None:
 def _view_generate(path: Path) -> RunView:
     view = RunView(path, "generate", _progress_status(path), _config_text(path))
     es, p = _generate_parts(path, path.resolve().name or "generated set")
+    if p is not None and p.base is not None and p.base.parent.resolve() != path.resolve():
+        view.sets.append(_eval_set(p.base.parent, "base"))
     view.sets.append(es)
     if p is not None:
         view.pairings.append(p)
@@ -229,7 +231,7 @@ def _view_train(path: Path) -> RunView:
     rows = list(read_jsonl(path / "train_log.jsonl"))
     view.curves.append(("learning curves (train_log.jsonl)", rows))
     view.summary = _json(path / "summary.json")
-    if not (path / "lora.safetensors").is_file() and (cfg.get("epochs") or cfg.get("train_steps")):
+    if view.kind != "training" and not (path / "lora.safetensors").is_file() and (cfg.get("epochs") or cfg.get("train_steps")):
         total = cfg.get("epochs") or cfg.get("train_steps")
         unit = "epochs" if "epochs" in cfg else "steps"
         done = max((int(r.get("epoch", r.get("step", 0))) for r in rows), default=0)
@@ -557,9 +559,10 @@ def _gallery(title: str, columns: list[Column], pairings: list[Pairing]) -> str:
                 v = verdicts.get(r["image"])
                 cls = "" if v is None else (" pass" if v[0] else " fail")
                 lines = ["oracle: -" if v is None else ("oracle: pass" if v[0] else f"oracle: fail: {v[1]}")]
-                if "judge_score" in r:
+                scores = [(name, vals[r["image"]]) for name, vals in col.scores.items() if r["image"] in vals]
+                if "judge_score" in r and not any(abs(v - r["judge_score"]) < 1e-6 for _, v in scores):
                     lines.append(f"best-of judge: {r['judge_score']:.3f}")
-                lines += [f"{name}: {vals[r['image']]:.3f}" for name, vals in col.scores.items() if r["image"] in vals]
+                lines += [f"{name}: {v:.3f}" for name, v in scores]
                 alt = f"{prompt} #{r.get('index', 0)} ({col.name})"
                 figs.append(f'<figure class="sample{cls}"><img src="{_data_uri(col.metadata.parent / r["image"])}" alt="{_e(alt)}" '
                             f'title="{_e(r["image"])}"><figcaption>{"<br>".join(_e(x) for x in lines)}</figcaption></figure>')
