@@ -115,7 +115,7 @@ def bar_figure(groups: dict[str, dict[str, float]], title: str = "", ylabel: str
         bottom = [b + h for b, h in zip(bottom, heights)]
     ax.set(title=title, ylabel=ylabel)
     ax.set_ylim(0, max(bottom) * 1.05 or 1.0)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     return fig
 
 

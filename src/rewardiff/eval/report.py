@@ -212,6 +212,8 @@ def _view_generate(path: Path) -> RunView:
 
 def _view_compare(path: Path) -> RunView:
     p = _pairing_from_compare(path, "tuned vs base")
+    if p is None:
+        raise RewardiffError(f"report: {path / 'compare.json'} cannot be read as a comparison (rerun rewardiff eval compare)")
     view = RunView(path, "compare", None, None)
     view.pairings.append(p)
     return view
