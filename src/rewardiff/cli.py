@@ -24,11 +24,41 @@ def _add_config_args(p: argparse.ArgumentParser, config: str, example: str, keys
     mark_config_flags(p, config, keys)
 
 
+def _add_log_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", metavar="BACKEND", help="also log to BACKEND beside tensorboard: wandb (needs rewardiff[wandb]; "
+                   "WANDB_MODE=offline works without an account); sample images every $REWARDIFF_LOG_IMAGES_EVERY steps (default 10)")
+
+
+def _use_log_backends(args: argparse.Namespace) -> None:
+    """--log: checked before anything runs, then handed to every trainer's TrainLog via $REWARDIFF_LOG."""
+    if getattr(args, "log", None):
+        from rewardiff.train_log import LOG_ENV, check_wandb, log_backends
+
+        if "wandb" in log_backends(args.log):
+            check_wandb()
+        os.environ[LOG_ENV] = args.log
+
+
 def _load(cls, args: argparse.Namespace, flags: dict[str, object]):
     """Defaults <- --config preset <- explicit flags <- --set overrides."""
     from rewardiff.config import load_config
 
     return load_config(cls, args.config, list(args.overrides), values=flags)
+
+
+def _report_at_end(run: str | Path) -> None:
+    """The HTML report of a finished run, RUN/report/index.html; its path is the last line printed."""
+    from rewardiff.eval.report import write_report
+
+    print(f"report: {write_report([Path(run)], Path(run) / 'report', on_note=print)}")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rewardiff.eval.report import write_report
+
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
+    print(f"wrote {write_report([Path(r) for r in args.runs], out, on_note=lambda line: print(f'note: {line}'))}")
+    return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -73,6 +103,7 @@ def _cmd_train_reward(args: argparse.Namespace) -> int:
     test = f", test accuracy {100 * result.test_accuracy:.2f}%" if result.test_accuracy is not None else ""
     print(f"best epoch {result.best_epoch}: validation accuracy {100 * result.best_val_accuracy:.2f}%{test}")
     print(f"reward model written to {result.run / 'best'} (use it as --reward preference@{result.run})")
+    _report_at_end(result.run)
     return 0
 
 
@@ -96,6 +127,7 @@ def _cmd_train_refl(args: argparse.Namespace) -> int:
     pipe, _ = load_pipeline(cfg.model, device=cfg.device)
     path = train_refl(cfg, pipe, build_rewards(cfg.reward, device=cfg.device))
     print(f"LoRA written to {path} (run: {cfg.out}: checkpoint/, train_log.jsonl, config.yaml)")
+    _report_at_end(cfg.out)
     return 0
 
 
@@ -112,6 +144,7 @@ def _cmd_train_ddpo(args: argparse.Namespace) -> int:
     pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device))
     result = train_ddpo(cfg, pipe, build_rewards(cfg.reward, device=cfg.device))
     print(f"LoRA written to {result.lora} ({result.cpu_minutes:.1f} CPU-minutes)")
+    _report_at_end(cfg.out)
     return 0
 
 
@@ -124,7 +157,8 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
     check_distill_config(cfg)  # before loading anything
     pipe, _ = load_pipeline(cfg.model, device=cfg.device)
     path = run_distill(cfg, pipe)
-    print(f"LoRA written to {path}")
+    print(f"LoRA written to {path} (run: {cfg.out}: data.json, checkpoint/, train_log.jsonl, config.yaml)")
+    _report_at_end(cfg.out)
     return 0
 
 
@@ -147,6 +181,7 @@ def _cmd_self_reward(args: argparse.Namespace) -> int:
     run = Path(cfg.out)
     print(f"\nwrote {run / 'summary.md'}, {run / 'summary.json'}, {run / 'plots'}; "
           f"LoRA of the last round: {run / f'round_{cfg.rounds}' / 'train' / 'lora' / 'lora.safetensors'}")
+    _report_at_end(cfg.out)
     return 0
 
 
@@ -299,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="cpu, cuda, ...")
     t.add_argument("--lora-format", choices=LORA_FORMATS, help=LORA_FORMAT_HELP)
+    _add_log_arg(t)
     _add_config_args(t, "rewardiff.algorithms.refl:ReFLConfig", "--set train_steps=200 --set beta=0.05")
     t.set_defaults(func=_cmd_train_refl)
     t = tsub.add_parser("ddpo", help="DDPO / TexForce: PPO on a LoRA of the U-Net, the text encoder or both, any reward (resumable)")
@@ -308,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="cpu, cuda, ...")
     t.add_argument("--lora-format", choices=LORA_FORMATS, help=LORA_FORMAT_HELP)
+    _add_log_arg(t)
     _add_config_args(t, "rewardiff.algorithms.ddpo:DDPOConfig", "--set epochs=40 --set lr=3e-3")
     t.set_defaults(func=_cmd_train_ddpo)
 
@@ -317,9 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="training seed (LoRA init, batches, noise)")
     t.add_argument("--device", help="cpu, cuda, ...")
     t.add_argument("--lora-format", choices=LORA_FORMATS, help=LORA_FORMAT_HELP)
+    _add_log_arg(t)
     _add_config_args(t, "rewardiff.loop.distill:DistillConfig", "--set train.steps=300 --set train.lr=3e-4",
                      keys={"seed": "train.seed", "lora_format": "train.lora_format"})
     t.set_defaults(func=_cmd_train_sft)
+
+    p = sub.add_parser("report", help="static HTML report of one or several runs (tables with CIs, curves, image grids); open it from disk")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders: generate, eval compare output, self-reward, train ddpo/refl, demo")
+    p.add_argument("--out", help="report folder (index.html + figures/; default FIRST_RUN/report)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("fuse", help="fuse LoRA files (diffusers or kohya format) by weighted sums into one LoRA file (no training)")
     p.add_argument("loras", nargs="+", metavar="FILE[:WEIGHT]", help="LoRA safetensors with weights, e.g. refl.safetensors:0.7 texforce.safetensors:1.0")
@@ -371,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="generator: 'shapes', a pipeline folder or a hub id")
     p.add_argument("--out", help="run directory (default runs/self-reward)")
     p.add_argument("--lora-format", choices=LORA_FORMATS, help=LORA_FORMAT_HELP)
+    _add_log_arg(p)
     _add_config_args(p, "rewardiff.loop.self_reward:SelfRewardConfig", "--set train.loss=dpo --set candidates=6",
                      keys={"lora_format": "train.lora_format"})
     p.set_defaults(func=_cmd_self_reward)
@@ -380,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/reward-model)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, ...")
+    _add_log_arg(p)
     _add_config_args(p, "rewardiff.algorithms.reward_model:RewardModelConfig", "--set epochs=10 --set lr=3e-5")
     p.set_defaults(func=_cmd_train_reward)
 
@@ -436,6 +481,7 @@ def os_error_line(e: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _use_log_backends(args)
         return int(args.func(args) or 0)
     except (RewardiffError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -106,6 +106,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         o = result["self_reward"]["compare"]["overall"]
         print(f"the short self-rewarding round's LoRA vs base, oracle overall: {o['base']:.3f} -> {o['tuned']:.3f} ({o['change']:+.3f}, "
               f"95% CI [{o['ci_low']:+.3f}, {o['ci_high']:+.3f}]: {o['verdict']})")
+    from rewardiff.eval.report import write_report
+
+    print(f"report: {write_report([out], out / 'report')}")  # the demo's last line: the page to open
     return result
 
 

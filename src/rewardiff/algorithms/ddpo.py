@@ -447,7 +447,7 @@ def train_ddpo(cfg: DDPOConfig, pipe, reward, progress: bool = True) -> DDPOResu
     from tqdm.auto import tqdm
 
     from rewardiff.generation import check_prompts_for_model, read_prompts
-    from rewardiff.train_log import TrainLog
+    from rewardiff.train_log import RecordingReward, TrainLog
 
     validate(cfg)
     if cfg.threads > 0:
@@ -466,6 +466,7 @@ def train_ddpo(cfg: DDPOConfig, pipe, reward, progress: bool = True) -> DDPOResu
     _trim_log(out, done)
     save_config(cfg, out / "config.yaml")
     log = TrainLog(out)
+    reward = RecordingReward(reward)  # its last samples go to the log every N epochs
     cpu_start = time.process_time()
     bar = tqdm(range(done, cfg.epochs), initial=done, total=cfg.epochs, desc=f"ddpo[{cfg.target}]", unit="epoch", disable=not progress)
     for epoch in bar:
@@ -481,6 +482,8 @@ def train_ddpo(cfg: DDPOConfig, pipe, reward, progress: bool = True) -> DDPOResu
         row = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)), **stats}
         history.append({"epoch": epoch + 1, **row})
         log.log("ddpo", epoch + 1, step_key="epoch", **row)
+        if reward.last_images is not None and log.wants_images(epoch + 1):
+            log.images("ddpo/samples", reward.last_images, epoch + 1, reward.last_prompts)
         bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['approx_kl']:.2g}")
         if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
             save_checkpoint(out, policy, optimizer, tracker, epoch + 1, cfg, cpu_before + time.process_time() - cpu_start, history)

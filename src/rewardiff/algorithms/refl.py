@@ -180,7 +180,7 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
     from rewardiff.diffusion import ensure_ddim
     from rewardiff.generation import check_prompts_for_model, read_prompts
     from rewardiff.models.lora import add_lora, save_lora
-    from rewardiff.train_log import TrainLog
+    from rewardiff.train_log import RecordingReward, TrainLog
 
     _check_config(cfg)
     check_differentiable(reward)
@@ -207,6 +207,7 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
     start = _load_checkpoint(ckpt, unet, optimizer, cfg) if read_lora_meta(ckpt) is not None else 0
     save_config(cfg, out / "config.yaml")
     log = TrainLog(out)
+    reward = RecordingReward(reward)  # its last x0 predictions go to the log every N steps
     bar = tqdm(total=cfg.train_steps, initial=min(start, cfg.train_steps), desc="refl", unit="step", disable=not progress)
     for step in range(start, cfg.train_steps):
         rewards, kls, losses = [], [], []
@@ -223,6 +224,8 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
         optimizer.zero_grad(set_to_none=True)
         stats = StepStats(sum(rewards) / len(rewards), sum(kls) / len(kls), sum(losses) / len(losses))
         log.log("refl", step + 1, reward=stats.reward, kl=stats.kl, loss=stats.loss)
+        if reward.last_images is not None and log.wants_images(step + 1):
+            log.images("refl/x0_predictions", reward.last_images, step + 1, reward.last_prompts)
         bar.update(1)
         bar.set_postfix(reward=f"{stats.reward:.3f}", kl=f"{stats.kl:.3g}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.train_steps:

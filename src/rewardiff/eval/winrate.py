@@ -27,7 +27,7 @@ TIE_MARGIN = 0.01
 """|d| <= this is a tie (the paper's +-0.01 on the CLIP score)."""
 BOOTSTRAP_SAMPLES = 2000  # resamples of the prompt set for the interval
 CONFIDENCE = 0.95  # two-sided interval level
-RESULT_JSON, RESULT_MD = "winrate.json", "winrate.md"
+RESULT_JSON, RESULT_MD, RESULT_PNG = "winrate.json", "winrate.md", "winrate.png"
 
 
 @dataclass
@@ -148,7 +148,17 @@ def evaluate_winrate(base: str | Path, tuned: str | Path, reward: str | None = N
     write_json(out_dir / RESULT_JSON, {"base": str(base), "tuned": str(tuned), "tie_margin": TIE_MARGIN,
                                        "bootstrap_samples": BOOTSTRAP_SAMPLES, **result.to_dict()})
     atomic_write_text(out_dir / RESULT_MD, result.markdown() + "\n")
+    write_winrate_plot(result, out_dir / RESULT_PNG)
     return result, out_dir
+
+
+def write_winrate_plot(result: WinRate, path: Path) -> Path:
+    """Win / tie / loss bars, overall and per category (the README's PNG of `eval winrate`)."""
+    from rewardiff.eval.plots import bar_plot
+
+    bars = {"overall": {"win": result.wins, "tie": result.ties, "loss": result.losses}}
+    bars.update({c: {"win": v["wins"], "tie": v["ties"], "loss": v["losses"]} for c, v in result.per_category.items()})
+    return bar_plot(bars, path, f"tuned vs base by {result.reward}: wins / ties / losses", "pairs")
 
 
 def load_winrate(path: str | Path) -> dict:

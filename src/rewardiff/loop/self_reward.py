@@ -89,6 +89,10 @@ def _say(text: str) -> None:
     print(f"[self-reward] {text}", flush=True)
 
 
+def _progress_line(text: str) -> None:
+    print(text, flush=True)
+
+
 def _timed(record: dict, name: str):
     """Context manager adding wall and CPU seconds of a phase to `record`."""
 
@@ -266,27 +270,39 @@ def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: st
             evaluate_model(ctx, _base_dir(cfg), None, None)
         return _base_dir(cfg) / METADATA  # not the path recorded in eval.json: a run folder may be moved
 
+    from rewardiff.progress import PhaseClock
+
+    def has_eval(k: int) -> bool:
+        return bool(cfg.eval.scales if k == cfg.rounds else cfg.eval.round_scales)
+
+    clock = PhaseClock("self-reward", [f"round {k} {p}" for k in range(1, cfg.rounds + 1)
+                                       for p in ("prompts", "candidates", "judge", "train", "eval") if p != "eval" or has_eval(k)], say=_progress_line)
     prev_lora: str | None = None
     try:
         for k in range(1, cfg.rounds + 1):
             folder = run / f"round_{k}"
             folder.mkdir(exist_ok=True)
             t = timings.setdefault(f"round_{k}", {})
+            clock.start(f"round {k} prompts")
             with _timed(t, "prompts") if "prompts" not in t else _NoTimer():
                 phase_prompts(ctx, k, folder)
             stop(k, "prompts")
+            clock.start(f"round {k} candidates")
             with _timed(t, "candidates") if "candidates" not in t else _NoTimer():
                 lora = f"{prev_lora}:{cfg.generation_scale:g}" if prev_lora else None
                 meta = _gen(ctx, str(folder / "prompts.txt"), cfg.candidates, cfg.seed + 1000 * k, folder / "candidates", lora, cfg.candidate_guidance)
             stop(k, "candidates")
+            clock.start(f"round {k} judge")
             with _timed(t, "judge") if "judge" not in t else _NoTimer():
                 phase_judge(ctx, k, folder, meta)
             stop(k, "judge")
+            clock.start(f"round {k} train")
             with _timed(t, "train") if "train" not in t else _NoTimer():
                 prev_lora = phase_train(ctx, k, folder, meta.parent, prev_lora)
             stop(k, "train")
             scales = cfg.eval.scales if k == cfg.rounds else cfg.eval.round_scales
             if scales:
+                clock.start(f"round {k} eval")
                 with _timed(t, "eval") if "eval" not in t else _NoTimer():
                     for scale in scales:
                         _say(f"round {k}: evaluating at LoRA scale {scale:g}")
@@ -295,6 +311,7 @@ def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: st
     except _Stop as e:
         _say(str(e))
         return {}
+    clock.done()
     write_json(timings_path, timings)
     summary = summarize(run, cfg)
     _say(f"summary: {run / 'summary.md'}")
@@ -318,7 +335,7 @@ def _read(path: Path) -> dict | None:
 
 def summarize(run: Path, cfg: SelfRewardConfig) -> dict:
     """RUN/summary.json + summary.md (per round, per scale: oracle, win rate, judge) + plots."""
-    from rewardiff.eval.plots import bar_plot, line_plot
+    from rewardiff.eval.plots import RATE, bar_plot, line_plot
 
     base = _read(_base_dir(cfg) / "eval.json")
     rounds = []
@@ -341,7 +358,7 @@ def summarize(run: Path, cfg: SelfRewardConfig) -> dict:
             vals = [base["oracle"]["overall"]] + [r["eval"].get(f"{scale:g}", {}).get("oracle", {}).get("overall", float("nan")) for r in rounds]
             series[f"oracle @{scale:g}"] = vals
     if series:
-        line_plot(series, run / "plots" / "rounds.png", "held-out oracle overall per round (round 0 = base)", "round", "oracle overall")
+        line_plot(series, run / "plots" / "rounds.png", "held-out oracle overall per round (round 0 = base)", "round", "oracle overall", ylim=RATE)
     if base and "judge" in base:
         judged = {f"judge @{s:g}": [base["judge"]["score"]] + [r["eval"].get(f"{s:g}", {}).get("judge", {}).get("score", float("nan")) for r in rounds]
                   for s in dict.fromkeys([*cfg.eval.round_scales, *cfg.eval.scales])}
