@@ -25,7 +25,7 @@ def _options(parser: argparse.ArgumentParser):
 def test_every_command_with_a_config_is_registered():
     # the commands whose work is configured by a dataclass (--config / --set)
     assert {"demo", "generate", "train refl", "train ddpo", "self-reward", "train-reward", "shapes train-generator",
-            "shapes train-judges", "shapes make-preference-set"} <= set(CONFIG_COMMANDS)
+            "shapes train-judges", "shapes make-preference-set", "train sft"} <= set(CONFIG_COMMANDS)
 
 
 @pytest.mark.parametrize("name", sorted(PARSERS))
@@ -76,9 +76,9 @@ def test_set_examples_use_keys_the_command_has(name):
 
 def test_demo_help_says_what_the_demo_does():
     text = PARSERS["demo"].format_help()
-    for phrase in ("shapes:eval", "oracle", "self-rewarding", "LoRA", "95% CI", "OUT/base/", "grid_tuned.png"):
+    for phrase in ("shapes:eval", "oracle", "best-of-2", "self-rewarding", "LoRA", "95% CI", "OUT/base/", "report/index.html"):
         assert phrase in text, phrase
-    assert "1. generates" in text and "\n 2. runs" in text  # the numbered steps keep their lines
+    assert "1. generates" in text and "\n 2. best-of-2" in text  # the numbered steps keep their lines
 
 
 def test_set_examples_parser():

@@ -122,16 +122,3 @@ def test_out_inside_the_data_folder_and_foreign_prompts_are_refused(rendered, tm
         check_distill_config(_cfg(rendered, busy))
     assert (busy / "train_log.jsonl").read_text() == "{}\n"
 
-
-def test_shipped_best_lora_is_named_and_opens_in_plain_diffusers():
-    from rewardiff.models.lora import parse_lora_spec, shipped_lora_path
-    from rewardiff.models.pipeline import load_pipeline
-
-    spec = parse_lora_spec("shapes:best:0.5")
-    assert Path(spec.path) == shipped_lora_path("shapes:best") and spec.scale == 0.5
-    assert Path(spec.path).is_relative_to(ROOT / "src" / "rewardiff" / "shapes" / "weights" / "best")
-    pipe, _ = load_pipeline("shapes")
-    pipe.load_lora_weights(str(Path(spec.path).parent), weight_name="lora.safetensors")  # plain diffusers, no rewardiff code
-    assert any("lora" in n for n, _ in pipe.unet.named_parameters())
-    with pytest.raises(RewardiffError, match="shapes:worst"):
-        parse_lora_spec("shapes:worst")

@@ -273,16 +273,17 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 DEMO_DESCRIPTION = """\
-The demo on the embedded shapes world (CPU, no model hub; about 11 minutes on 2 cores):
+The demo on the embedded shapes world (CPU, no model hub; about 9 minutes on 2 cores):
  1. generates the evaluation protocol's held-out set (shapes:eval: every held-out prompt,
     >= 320 images per category, one seed per (prompt, image)) with the shipped generator and
     judges it with the exact oracle (evaluation only): the per-category table;
- 2. runs one short self-rewarding (CCSR) round: grammar-written training prompts x candidates,
-    judged by the learned captioner + detector, best per prompt -> LoRA SFT;
- 3. evaluates the tuned model on the same prompts and seeds: paired changes with 95% CIs
-    (eval compare) and the CLIP-score win rate. --set best_of=4 adds best-of-4 at inference.
-Writes OUT/base/ (images, metadata.jsonl, oracle_eval.md), OUT/grid.png, OUT/self_reward/
-(every phase of the round, compare/, summary.md, plots) and OUT/grid_tuned.png."""
+ 2. best-of-2 at inference: one more candidate per image, the learned captioner + detector keep
+    the one they score higher; paired changes with 95% CIs (eval compare) of the oracle and of the
+    judge's own score;
+ 3. optional: --set self_reward_round=true adds one short self-rewarding (CCSR) round (LoRA SFT,
+    about 6 more minutes) evaluated the same way; --set best_lora=FILE evaluates a LoRA.
+Writes OUT/base/ (images, metadata.jsonl, oracle_eval.md), OUT/grid.png, OUT/best_of/ (images,
+compare/), OUT/grid_best_of.png and the HTML report OUT/report/index.html (its path is the last line)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

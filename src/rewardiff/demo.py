@@ -3,10 +3,13 @@
 1. Loads the shipped shapes generator and generates the evaluation protocol's held-out set
    (`shapes:eval`: every held-out prompt, >= 320 images per category, one seed per (prompt,
    image)); judges it with the oracle and prints the per-category table.
-2. The shipped LoRA `shapes:best` (best-of-4 distillation: LoRA SFT on the judges' picks on
-   training prompts, `scripts/experiments/distill_best.sh`) on the same prompts and seeds: paired
-   per-category changes with 95% CIs, of the oracle and of the judge's own score (the hacking check).
-3. Optional (`best_of: N`): best-of-N at inference, the CCSR selection used at generation time.
+2. Best-of-2 at inference (`best_of`; the CCSR selection used at generation time, AI feedback
+   without training): the base image and one more candidate per (prompt, image), the judges
+   (captioner + detector) keep the one they score higher; paired per-category changes with 95% CIs,
+   of the oracle and of the judge's own score (the hacking check). The base images are candidate 0,
+   so this costs one more sample per image.
+3. Optional (`best_lora`): a LoRA evaluated the same way (no fine-tuned LoRA beats the base on
+   held-out prompts yet; see the README).
 4. Optional (`self_reward_round: true`, about 6 more minutes): one short self-rewarding (CCSR)
    round on training prompts with the learned judges only, evaluated the same way.
 The oracle only evaluates; nothing it says reaches a judge, a selection or a training step.
@@ -43,9 +46,9 @@ class DemoConfig:
     seed: int = 0
     batch_size: int = 64
     sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(steps=10))
-    best_of: int = 1  # > 1: also best-of-N at inference, judged by `judge` (N x the base sampling time; 1 = skip)
+    best_of: int = 2  # > 1: also best-of-N at inference, judged by `judge` ((N-1) x the base sampling time; 1 = skip)
     judge: str = "judge@shapes"  # the self-judge's score (captioner + detector), never the oracle
-    best_lora: str = "shapes:best"  # a LoRA evaluated against the base: the shipped distilled LoRA ('' to skip)
+    best_lora: str = ""  # a LoRA file evaluated against the base ('' to skip)
     self_reward_round: bool = False  # also run one short self-rewarding round + its evaluation (about 6 minutes)
     self_reward: SelfRewardConfig = field(default_factory=_demo_self_reward)  # out/model/sampling/eval set are the demo's
 

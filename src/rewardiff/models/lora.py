@@ -30,24 +30,8 @@ class LoraSpec:
         return f"{self.path}:{self.scale:g}"
 
 
-SHIPPED_LORAS = {"shapes:best": "shapes/weights/best/lora.safetensors"}
-"""LoRAs shipped in the package, by name: `--lora shapes:best` is the best-of-N distillation of
-the shapes generator (see the README's method table for its command and its held-out change)."""
-
-
-def shipped_lora_path(name: str) -> Path:
-    """The file a shipped LoRA name stands for (an error if this install lacks it)."""
-    if name not in SHIPPED_LORAS:
-        raise RewardiffError(f"unknown shipped LoRA {name!r}; shipped: {', '.join(SHIPPED_LORAS)}")
-    path = Path(__file__).resolve().parents[1] / SHIPPED_LORAS[name]
-    if not path.is_file():
-        raise RewardiffError(f"shipped LoRA {name} is missing from this install ({path})")
-    return path
-
-
 def parse_lora_spec(text: str) -> LoraSpec:
-    """'a.safetensors', 'a.safetensors:0.7' or a shipped name ('shapes:best[:0.7]') -> LoraSpec;
-    the file must exist."""
+    """'a.safetensors' or 'a.safetensors:0.7' -> LoraSpec; the file must exist."""
     path, scale = text, 1.0
     head, sep, tail = text.rpartition(":")
     if sep and head:
@@ -58,8 +42,6 @@ def parse_lora_spec(text: str) -> LoraSpec:
             path = text
     if not math.isfinite(scale):
         raise RewardiffError(f"LoRA {path}: scale must be a finite number, got {tail!r}")
-    if path in SHIPPED_LORAS:
-        path = str(shipped_lora_path(path))
     if not Path(path).is_file():
         raise RewardiffError(f"LoRA file not found: {path}")
     if not str(path).endswith(".safetensors"):
