@@ -132,6 +132,13 @@ def _judge(model: str | None, device: Device) -> Reward:
     return JudgedReward.build(model, device)
 
 
+def _vlm(model: str | None, device: Device) -> Reward:
+    """VLM as judge, P(yes) to "Does this image show {prompt}?" (MODEL: 'shapes', an OpenAI-compatible URL[#MODEL], or an image-text-to-text hub id / folder; required)."""
+    from rewardiff.rewards.vlm_judge import VLMJudge
+
+    return VLMJudge.from_spec(model, device)
+
+
 def _no_model(name: str, model: str | None) -> None:
     if model is not None:
         raise RewardiffError(f"reward {name!r} takes no model (got @{model})")
@@ -151,6 +158,7 @@ REWARDS: dict[str, RewardFactory] = {
     "jpeg_incompressibility": _jpeg_incompressibility,
     "preference": _preference,
     "judge": _judge,
+    "vlm": _vlm,
 }
 
 
