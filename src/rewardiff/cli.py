@@ -153,10 +153,22 @@ def _cmd_eval_geneval(args: argparse.Namespace) -> int:
     from rewardiff.eval.geneval import RESULT_JSON, RESULT_MD, evaluate_geneval
 
     result, out = evaluate_geneval(args.metadata, geneval=args.geneval, detector=args.detector, threshold=args.threshold,
+                                   counting_threshold=args.counting_threshold,
                                    out=args.out, device=args.device, agreement=args.agreement)
     print(result.markdown())
     print(f"\nwrote {out / RESULT_JSON} and {out / RESULT_MD}")
     return 0
+
+
+def _cmd_serve_vlm(args: argparse.Namespace) -> int:
+    import time
+
+    from rewardiff.shapes.vlm_server import ShapesVLMServer
+
+    with ShapesVLMServer(port=args.port) as server:
+        print(f"shapes VLM (OpenAI-compatible) at {server.url}; try --reward vlm@{server.url}  (Ctrl-C stops)", flush=True)
+        while True:
+            time.sleep(3600)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -314,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--geneval", help="GenEval evaluation_metadata.jsonl (default: derived from shapes prompts)")
     e.add_argument("--detector", default="shapes", help="open-vocabulary detector: 'shapes' (default), an OWLv2 folder / hub id")
     e.add_argument("--threshold", type=float, help="detection confidence threshold (default: the detector's)")
+    e.add_argument("--counting-threshold", type=float, help="threshold for counting prompts (GenEval counts with a stricter one)")
     e.add_argument("--agreement", action="store_true", help="shapes world: also report agreement with the oracle (evaluation only)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", help="where to write geneval.{json,md} (default beside the metadata)")
@@ -369,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_render)
+    s = ssub.add_parser("serve-vlm", help="a local OpenAI-compatible endpoint answering with the shapes captioner + detector (127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=_cmd_serve_vlm)
 
     p = sub.add_parser("data", help="preference data sets")
     dsub = p.add_subparsers(dest="data_command", required=True)

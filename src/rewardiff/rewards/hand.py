@@ -28,4 +28,5 @@ class HandConfidence(DetectionConfidence):
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         out = super().score(images, prompts)
-        return RewardOutput(out.scores, {"confidence": out.scores.detach().cpu().tolist()})
+        out.details["confidence"] = out.scores.detach().cpu().tolist()
+        return out

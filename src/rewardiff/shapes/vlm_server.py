@@ -57,10 +57,10 @@ def _split_message(messages: list) -> tuple[str, list[np.ndarray]]:
 class ShapesVLMServer:
     """Context manager: starts the server on a free port of 127.0.0.1 in a thread."""
 
-    def __init__(self, behaviour: str = "ok", delay_s: float = 0.0, failures: int = 0, vlm=None):
+    def __init__(self, behaviour: str = "ok", delay_s: float = 0.0, failures: int = 0, vlm=None, port: int = 0):
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"behaviour must be one of {BEHAVIOURS}")
-        self.behaviour, self.delay_s, self.failures = behaviour, delay_s, failures
+        self.behaviour, self.delay_s, self.failures, self.port = behaviour, delay_s, failures, port  # port 0: any free one
         self.requests = 0  # chat completion requests received
         self.images_seen = 0
         self._vlm = vlm
@@ -140,7 +140,7 @@ class ShapesVLMServer:
         return Handler
 
     def __enter__(self) -> "ShapesVLMServer":
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
