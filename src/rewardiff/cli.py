@@ -203,6 +203,36 @@ def _cmd_eval_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_import(args: argparse.Namespace) -> int:
+    from rewardiff.data.importers import import_preferences
+
+    rep = import_preferences(args.format, args.src, args.out, split=args.split, limit=args.limit, images_dir=args.images)
+    print(f"wrote {rep.rows} rows ({rep.images} images; per split {rep.per_split}; skipped {rep.skipped}) to {rep.out}/index.jsonl")
+    return 0
+
+
+def _cmd_eval_geneval(args: argparse.Namespace) -> int:
+    from rewardiff.eval.geneval import RESULT_JSON, RESULT_MD, evaluate_geneval
+
+    result, out = evaluate_geneval(args.metadata, geneval=args.geneval, detector=args.detector, threshold=args.threshold,
+                                   counting_threshold=args.counting_threshold,
+                                   out=args.out, device=args.device, agreement=args.agreement)
+    print(result.markdown())
+    print(f"\nwrote {out / RESULT_JSON} and {out / RESULT_MD}")
+    return 0
+
+
+def _cmd_serve_vlm(args: argparse.Namespace) -> int:
+    import time
+
+    from rewardiff.shapes.vlm_server import ShapesVLMServer
+
+    with ShapesVLMServer(port=args.port) as server:
+        print(f"shapes VLM (OpenAI-compatible) at {server.url}; try --reward vlm@{server.url}  (Ctrl-C stops)", flush=True)
+        while True:
+            time.sleep(3600)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rewardiff.demo import DemoConfig, run_demo
 
@@ -408,6 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--min-images", type=int, help="fewest images per prompt accepted (default 4, as ImageRewardDB)")
     e.add_argument("--max-images", type=int, help="most images per prompt accepted (default 9)")
     e.set_defaults(func=_cmd_eval_preference)
+    e = esub.add_parser("geneval", help="GenEval-style per-task scores (objects, counts, colours, position) by a detector")
+    e.add_argument("metadata", help="generated set's metadata.jsonl (or its folder)")
+    e.add_argument("--geneval", help="GenEval evaluation_metadata.jsonl (default: derived from shapes prompts)")
+    e.add_argument("--detector", default="shapes", help="open-vocabulary detector: 'shapes' (default), an OWLv2 folder / hub id")
+    e.add_argument("--threshold", type=float, help="detection confidence threshold (default: the detector's)")
+    e.add_argument("--counting-threshold", type=float, help="threshold for counting prompts (GenEval counts with a stricter one)")
+    e.add_argument("--agreement", action="store_true", help="shapes world: also report agreement with the oracle (evaluation only)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--out", help="where to write geneval.{json,md} (default beside the metadata)")
+    e.set_defaults(func=_cmd_eval_geneval)
 
     p = sub.add_parser("self-reward", help="the CCSR loop in rounds: write prompts -> candidates -> judge -> select -> LoRA (resumable)")
     p.add_argument("--classes", help="comma-separated classes the prompts must name (e.g. circle,triangle)")
@@ -463,6 +503,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_render)
+    s = ssub.add_parser("serve-vlm", help="a local OpenAI-compatible endpoint answering with the shapes captioner + detector (127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=_cmd_serve_vlm)
+
+    p = sub.add_parser("data", help="preference data sets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("import", help="convert ImageRewardDB / Pick-a-Pic / HPDv2 as downloaded into the ranked layout")
+    d.add_argument("format", choices=["imagerewarddb", "pickapic", "hpdv2"])
+    d.add_argument("src", help="the downloaded file or folder (metadata-*.parquet + image shards; pair parquet; HPDv2 JSON)")
+    d.add_argument("--out", required=True, help="new folder for index.jsonl + images/")
+    d.add_argument("--split", choices=["train", "validation", "test"], help="split of every row (default: from the file names)")
+    d.add_argument("--limit", type=int, default=0, help="at most this many prompts / pairs per file (0 = all)")
+    d.add_argument("--images", help="hpdv2: image folder (default: beside the JSON)")
+    d.set_defaults(func=_cmd_data_import)
     return use_help_formatter(parser)
 
 

@@ -8,12 +8,17 @@ reward), so the constructors live here, below both.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from rewardiff.rewards.caption import DEFAULT_CAPTIONER, CaptionSimilarity
 from rewardiff.rewards.clip import DEFAULT_CLIP, ClipScore
 from rewardiff.rewards.detection import DEFAULT_DETECTOR, DetectionConfidence
 from rewardiff.rewards.loading import SHAPES_JUDGES, shapes_judge
+
+if TYPE_CHECKING:
+    from rewardiff.rewards.captioners import CaptionerConfig
 
 Device = str | torch.device
 
@@ -29,6 +34,16 @@ def caption_from_spec(model: str | None, device: Device) -> CaptionSimilarity:
     if model == SHAPES_JUDGES:
         return CaptionSimilarity(shapes_judge(model, "captioner"), text_encoder=shapes_judge(model, "clip"), device=device)
     return CaptionSimilarity(model or DEFAULT_CAPTIONER, device=device)
+
+
+def caption_from_config(cfg: "CaptionerConfig", captioner: str | None, device: Device) -> CaptionSimilarity:
+    """A caption reward whose captioner a CaptionerConfig names (rewards.captioners); its text tower is
+    cfg.text_encoder, else the shapes CLIP when `captioner` (the judge's BLIP field) is 'shapes', else CLIP."""
+    from rewardiff.rewards.captioners import build_captioner
+
+    text = cfg.text_encoder or (SHAPES_JUDGES if captioner == SHAPES_JUDGES else "")
+    encoder = shapes_judge(text, "clip") if text == SHAPES_JUDGES else (text or DEFAULT_CLIP)
+    return CaptionSimilarity(build_captioner(cfg), text_encoder=encoder, device=device)
 
 
 def detection_from_spec(model: str | None, device: Device) -> DetectionConfidence:

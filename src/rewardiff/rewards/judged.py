@@ -21,6 +21,7 @@ selection (thresholds, best-per-prompt, DPO pairs).
 | relation | the prompt's spatial relation holds between the two best boxes' centres; 1 if the prompt has none | detector boxes |
 | clip | cos(E_image, E_prompt) | `clip` reward |
 | clip_margin | cos(prompt) - max cos(hard negative prompt), clamped to [-1, 1]; 0 if there are no negatives | `clip` reward + a negatives function (shapes: `hard_negatives`) |
+| vlm | P(yes) to "Does this image show {prompt}?" (or the 1-10 rating / 10) | `vlm` reward (`JudgeConfig.vlm`: shapes, OpenAI-compatible URL, transformers VLM) |
 
     judged score = sum_k weights[k] * component[k]      (JudgeConfig.weights; 0 = not computed)
 """
@@ -37,8 +38,10 @@ import torch
 
 from rewardiff.errors import RewardiffError
 from rewardiff.rewards.base import Reward, RewardOutput
+from rewardiff.rewards.captioners import CaptionerConfig
+from rewardiff.vlm.config import VLMConfig
 
-COMPONENTS = ("caption", "detection", "count", "relation", "clip", "clip_margin")
+COMPONENTS = ("caption", "detection", "count", "relation", "clip", "clip_margin", "vlm")
 _COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 _RELATION = re.compile(r"\b(?:to the\s+)?(left of|right of|above|below)\b")
 
@@ -60,6 +63,10 @@ class JudgeConfig:
     pairing: str = "best_worst"  # DPO pairs per prompt: best_worst (one: best kept vs worst) | kept_vs_dropped (every kept vs every dropped candidate)
     max_pairs_per_prompt: int = 0  # kept_vs_dropped: keep the widest-gap pairs of each prompt (0 = all)
     batch_size: int = 64  # images per judge call
+    caption_backend: CaptionerConfig = field(default_factory=CaptionerConfig)  # backend blip: `captioner` above; transformers / openai / shapes: a VLM asked for captions
+    vlm: VLMConfig = field(default_factory=lambda: VLMConfig(backend="shapes"))  # the 'vlm' component's judge (built only when weighted or thresholded)
+    vlm_kind: str = "yesno"  # vlm question: yesno (P(yes), VQAScore) | rating (1-10, / 10)
+    vlm_on_failure: str = "error"  # a malformed / missing vlm answer: error | neutral (batch mean, counted)
 
 
 @dataclass
@@ -149,7 +156,16 @@ class SelfJudge:
         need_caption = w["caption"]
         need_detection = w["detection"] or w["count"] or w["relation"]
         need_clip = w["clip"] or w["clip_margin"]
+        if caption_reward is None and need_caption and cfg.caption_backend.backend != "blip":
+            from rewardiff.rewards.by_spec import caption_from_config
+
+            caption_reward = caption_from_config(cfg.caption_backend, cfg.captioner, device)
         self.caption = caption_reward if caption_reward is not None else (caption_from_spec(cfg.captioner, device) if need_caption else None)
+        self.vlm = None
+        if w["vlm"]:
+            from rewardiff.rewards.vlm_judge import VLMJudge
+
+            self.vlm = VLMJudge(cfg.vlm, kind=cfg.vlm_kind, on_failure=cfg.vlm_on_failure, device=device)
         self.detection = detection_reward if detection_reward is not None else (detection_from_spec(cfg.detector, device) if need_detection else None)
         self.clip = clip_reward if clip_reward is not None else (clip_from_spec(cfg.clip, device) if need_clip else None)
         if negatives is None and cfg.clip == "shapes":
@@ -210,6 +226,8 @@ class SelfJudge:
                     found = Counter(d["name"] for d in boxes[i])
                     comp["count"][i] = count_score(dict(found), expected[i], bool(self.cfg.vocabulary))
                     comp["relation"][i] = relation_score(boxes[i], prompt_relation(prompts[i], classes[i]), side, self.cfg.relation_margin)
+        if self.vlm is not None:
+            comp["vlm"] = self.vlm(images, prompts).scores.tolist()
         if self.clip is not None:
             comp["clip"] = (self.clip(images, prompts).details["cosine"]).tolist()
             if self.needed["clip_margin"]:

@@ -132,6 +132,28 @@ def _judge(model: str | None, device: Device) -> Reward:
     return JudgedReward.build(model, device)
 
 
+def _vlm(model: str | None, device: Device) -> Reward:
+    """VLM as judge, P(yes) to "Does this image show {prompt}?" (MODEL: 'shapes', an OpenAI-compatible URL[#MODEL], or an image-text-to-text hub id / folder; required)."""
+    from rewardiff.rewards.vlm_judge import VLMJudge
+
+    return VLMJudge.from_spec(model, device)
+
+
+def _face_quality(model: str | None, device: Device) -> Reward:
+    """TexForce face task: pyiqa TOPIQ face quality, needs pip install pyiqa (MODEL: the metric's .safetensors checkpoint; required)."""
+    from rewardiff.rewards.face_quality import FaceQuality
+
+    return FaceQuality(model, device=device)
+
+
+def _hand(model: str | None, device: Device) -> Reward:
+    """TexForce hand task: best-box confidence of "hand" (MODEL: OWLv2 or Grounding DINO folder / hub id; default OWLv2)."""
+    from rewardiff.rewards.detection import DEFAULT_DETECTOR
+    from rewardiff.rewards.hand import HandConfidence
+
+    return HandConfidence(model or DEFAULT_DETECTOR, device=device)
+
+
 def _no_model(name: str, model: str | None) -> None:
     if model is not None:
         raise RewardiffError(f"reward {name!r} takes no model (got @{model})")
@@ -151,6 +173,9 @@ REWARDS: dict[str, RewardFactory] = {
     "jpeg_incompressibility": _jpeg_incompressibility,
     "preference": _preference,
     "judge": _judge,
+    "vlm": _vlm,
+    "face_quality": _face_quality,
+    "hand": _hand,
 }
 
 
