@@ -322,6 +322,11 @@ def load_metadata(path: str | Path) -> tuple[list[dict], Path]:
         path = path / METADATA
     if not path.is_file():
         raise RewardiffError(f"metadata file not found: {path}")
+    from rewardiff.run_folder import folder_busy
+
+    writer = folder_busy(path.parent)
+    if writer is not None:  # its images and rows are still being written: a count now would be wrong
+        raise RewardiffError(f"{path.parent} is being written by {writer}; wait for it to finish")
     rows = list(read_jsonl(path))
     for n, row in enumerate(rows, 1):
         if "prompt" not in row or "image" not in row:

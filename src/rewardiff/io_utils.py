@@ -60,6 +60,7 @@ def write_folder_atomically(directory: Path, write: Callable[[Path], Any]) -> Pa
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
+    give_default_modes(tmp)
     fault_point(f"folder {directory.name} written")
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
@@ -69,6 +70,35 @@ def write_folder_atomically(directory: Path, write: Callable[[Path], Any]) -> Pa
     tmp.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def give_default_modes(root: Path) -> None:
+    """Every file under ROOT gets the mode a plain open gives (safetensors' writer makes 0600
+    files, which other users of a shared machine cannot read)."""
+    mode = _default_file_mode()
+    for parent, _, files in os.walk(root):
+        for name in files:
+            os.chmod(os.path.join(parent, name), mode)
+
+
+def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """safetensors.torch.save_file, but atomic and with the default file mode."""
+    from safetensors.torch import save
+
+    return atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
+
+
+def safetensors_intact(path: Path) -> bool:
+    """Whether a safetensors file opens and every tensor in it reads back (resume trusts nothing)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+        return True
+    except Exception:  # any failure to read is a broken file, whatever the library's error type
+        return False
 
 
 def recover_interrupted_writes(root: Path, skip: tuple[str, ...] = ()) -> None:
