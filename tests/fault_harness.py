@@ -25,8 +25,13 @@ SKIPPED = {"tensorboard", "timings.json", ".rewardiff.lock"}
 
 
 def _child(fn: Callable[[], object], kill_at: int | None, report_fd: int) -> None:
+    import numpy as np
+
     from rewardiff import io_utils
 
+    random.seed(0)  # a fresh interpreter's global RNGs, made the same for every run: a checkpoint
+    np.random.seed(0)  # stores them, so two runs' checkpoints compare only if they start alike
+    torch.manual_seed(0)
     calls = 0
 
     def hook(label: str) -> None:
