@@ -139,7 +139,7 @@ def test_tiny_run_learns_writes_lora_and_resumes_bit_identical(tiny_sd_dir, tmp_
     assert [r["loss"] for r in read_jsonl(resumed / "train_log.jsonl")] == [r["loss"] for r in rows]
 
     # a different run in the same folder is refused, not mixed in
-    with pytest.raises(RewardiffError, match="another ReFL run.*lr"):
+    with pytest.raises(RewardiffError, match="different run.*lr"):
         train_refl(_tiny_cfg(resumed, lr=1e-3), load_pipeline(str(tiny_sd_dir))[0], Redness(), progress=False)
 
 

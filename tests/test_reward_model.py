@@ -258,7 +258,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_set, tmp_path, monkeypatch)
 
 def test_resume_refuses_a_changed_recipe(tiny_set, tmp_path):
     train_reward_model(_cfg(tiny_set, tmp_path / "run", epochs=1), embedder=FakeEmbedder(), progress=False)
-    with pytest.raises(RewardiffError, match=r"other settings \(lr\)"):
+    with pytest.raises(RewardiffError, match=r"other settings: lr"):
         train_reward_model(_cfg(tiny_set, tmp_path / "run", epochs=2, lr=1e-4), embedder=FakeEmbedder(), progress=False)
     result = train_reward_model(_cfg(tiny_set, tmp_path / "run", epochs=2), embedder=FakeEmbedder(), progress=False)
     assert [h["epoch"] for h in result.history] == [2]  # extended by one epoch

@@ -60,15 +60,24 @@ def _generate(cfg: DemoConfig, out: Path, loras: list[str], progress: bool, best
     return run_generation(gen, progress=progress)
 
 
+DEMO_FREE = ("out", "best_of", "judge", "best_lora", "self_reward_round")
+"""Fields a rerun may change: they add or skip parts written in their own (guarded) subfolders."""
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
-    from rewardiff.config import save_config
+    from rewardiff.run_folder import claim_run_folder, settings_of
+
+    with claim_run_folder(cfg.out, "demo", settings_of(cfg, DEMO_FREE), config=cfg) as folder:
+        folder.commit()
+        return _demo_in(folder.path, cfg, progress)
+
+
+def _demo_in(out: Path, cfg: DemoConfig, progress: bool) -> dict:
+    """run_demo's steps, in the claimed run folder."""
     from rewardiff.eval.compare import compare_runs
     from rewardiff.eval.grid import make_grid
     from rewardiff.eval.oracle_eval import evaluate_with_oracle
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     steps = 1 + (cfg.best_of > 1) + bool(cfg.best_lora) + bool(cfg.self_reward_round)
     print(f"[1/{steps}] base generator on {cfg.prompts} ({cfg.sampling.steps} DDIM steps), judged by the oracle (evaluation only)")
     meta = _generate(cfg, out / "base", [], progress)

@@ -12,11 +12,9 @@ the plain image, so a best-of-N run stays paired with a plain run.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -188,41 +186,47 @@ def _run_signature(cfg: GenerateConfig, prompts: list[str]) -> dict:
     }
 
 
-def _check_run_dir(out: Path, signature: dict) -> None:
-    run_file = out / RUN_FILE
-    if run_file.is_file():
-        old = json.loads(run_file.read_text())
-        diffs = [k for k in signature if old.get(k) != signature[k]]
-        if diffs:
-            k = diffs[0]
-            raise RewardiffError(f"output directory {out} already holds a different run ({k}: {old.get(k)!r} there, {signature[k]!r} now); choose another --out")
-    elif (out / METADATA).exists():
-        raise RewardiffError(f"output directory {out} already holds a metadata.jsonl from another run; choose another --out")
+def verified_rows(out: Path, prompts: list[str], counts: list[int]) -> tuple[list[dict], bool]:
+    """The metadata rows of OUT a resume may keep, and whether the file needs rewriting: one row
+    per (prompt, image) of this run (the first; duplicates dropped), pointing to a PNG that decodes
+    fully. A torn last line (a kill mid-append), a missing or truncated PNG: that image is redone."""
+    from rewardiff.io_utils import load_image
 
-
-def _check_out_dir(out: Path) -> None:
-    """Refuse, before a model is loaded, an --out that cannot become a folder (a path under a
-    file, or under a folder this user may not write); creates nothing."""
-    existing = out
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out))
+    meta_path = out / METADATA
+    if not meta_path.is_file():
+        return [], False
+    text = meta_path.read_text(encoding="utf-8", errors="replace")
+    kept, seen, changed = [], set(), bool(text) and not text.endswith("\n")
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            key = (int(row["prompt_index"]), int(row["index"]))
+            ok = key not in seen and 0 <= key[0] < len(prompts) and row["prompt"] == prompts[key[0]] and 0 <= key[1] < counts[key[0]]
+            if ok:
+                load_image(out / row["image"])
+        except (ValueError, KeyError, TypeError, FileNotFoundError):
+            ok = False
+        if not ok:
+            changed = True
+            continue
+        seen.add(key)
+        kept.append(row)
+    return kept, changed
 
 
 def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Path:
     """Generate cfg.num_images per prompt into cfg.out, resuming what a killed run left.
 
     Images are written (atomically) before their metadata rows, so a row always points to a
-    complete PNG; a kill between the two only costs regenerating that batch.
+    complete PNG; a kill between the two only costs regenerating that batch. On resume every kept
+    row is verified (verified_rows); the folder is claimed first (rewardiff.run_folder: owner
+    checked, one writer at a time, a failed start leaves it as it was).
     """
-    from tqdm.auto import tqdm
-
-    from rewardiff.config import save_config
-    from rewardiff.models.lora import apply_loras, parse_lora_spec
-    from rewardiff.models.pipeline import load_pipeline, resolve_model
+    from rewardiff.models.lora import parse_lora_spec
+    from rewardiff.models.pipeline import resolve_model
+    from rewardiff.run_folder import claim_run_folder
 
     # every check first: a refused run writes nothing (its --out is left as it was)
     validate_sampling(cfg.sampling, "sampling")
@@ -240,14 +244,22 @@ def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Pat
         sampling = SamplingSettings(**{**asdict(sampling), **{k: v for k, v in SHAPES_SAMPLING.items() if getattr(sampling, k) is None}})
     loras = [parse_lora_spec(s) for s in cfg.loras]
 
-    out = Path(cfg.out)
-    signature = _run_signature(cfg, prompts)
-    _check_run_dir(out, signature)
-    _check_out_dir(out)
+    with claim_run_folder(cfg.out, "generate", _run_signature(cfg, prompts), config=cfg) as folder:
+        return _generate_into(folder, cfg, pipe, progress, prompts, counts, sampling, loras)
+
+
+def _generate_into(folder, cfg: GenerateConfig, pipe, progress: bool, prompts: list[str], counts: list[int],
+                   sampling: SamplingSettings, loras: list) -> Path:
+    from tqdm.auto import tqdm
+
+    from rewardiff.io_utils import atomic_write_text
+    from rewardiff.models.lora import apply_loras
+    from rewardiff.models.pipeline import load_pipeline
+
+    out = folder.path
     meta_path = out / METADATA
-    done = set()
-    if meta_path.is_file():
-        done = {(r["prompt_index"], r["index"]) for r in read_jsonl(meta_path) if (out / r["image"]).is_file()}
+    kept, changed = verified_rows(out, prompts, counts)
+    done = {(r["prompt_index"], r["index"]) for r in kept}
     jobs = [(i, k) for i in range(len(prompts)) for k in range(counts[i]) if (i, k) not in done]
     reused = _plain_candidates(cfg, signature, prompts) if cfg.plain and cfg.best_of > 1 else None
     judge = None
@@ -262,9 +274,9 @@ def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Pat
             pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device))
         apply_loras(pipe, loras)
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / RUN_FILE, signature)
-    save_config(cfg, out / "config.yaml")
+    folder.commit()
+    if changed:  # drop rows a resume cannot trust (their images are redone below)
+        atomic_write_text(meta_path, "".join(json.dumps(r) + "\n" for r in kept))
     if not jobs:
         return meta_path
     lora_names = [str(s) for s in loras]
@@ -346,6 +358,11 @@ def load_metadata(path: str | Path) -> tuple[list[dict], Path]:
         path = path / METADATA
     if not path.is_file():
         raise RewardiffError(f"metadata file not found: {path}")
+    from rewardiff.run_folder import folder_busy
+
+    writer = folder_busy(path.parent)
+    if writer is not None:  # its images and rows are still being written: a count now would be wrong
+        raise RewardiffError(f"{path.parent} is being written by {writer}; wait for it to finish")
     rows = list(read_jsonl(path))
     for n, row in enumerate(rows, 1):
         if "prompt" not in row or "image" not in row:

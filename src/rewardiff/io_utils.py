@@ -11,6 +11,21 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+_fault_hook: Callable[[str], None] | None = None
+
+
+def set_fault_hook(hook: Callable[[str], None] | None) -> None:
+    """Install `hook(label)`, called at every point where a kill could interrupt a write (the
+    fault suite kills the process there); None removes it."""
+    global _fault_hook
+    _fault_hook = hook
+
+
+def fault_point(label: str) -> None:
+    """A point where a real kill could land: between a write and the rename that publishes it."""
+    if _fault_hook is not None:
+        _fault_hook(label)
+
 
 def _default_file_mode() -> int:
     """What open() would give a new file (0666 minus the umask); mkstemp's 0600 would hide
@@ -29,6 +44,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, _default_file_mode())
+        fault_point(f"write {path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -44,13 +60,68 @@ def write_folder_atomically(directory: Path, write: Callable[[Path], Any]) -> Pa
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
+    give_default_modes(tmp)
+    fault_point(f"folder {directory.name} written")
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
         directory.rename(old)
+        fault_point(f"folder {directory.name} moved aside")
     tmp.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def give_default_modes(root: Path) -> None:
+    """Every file under ROOT gets the mode a plain open gives (safetensors' writer makes 0600
+    files, which other users of a shared machine cannot read)."""
+    mode = _default_file_mode()
+    for parent, _, files in os.walk(root):
+        for name in files:
+            os.chmod(os.path.join(parent, name), mode)
+
+
+def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """safetensors.torch.save_file, but atomic and with the default file mode."""
+    from safetensors.torch import save
+
+    return atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
+
+
+def safetensors_intact(path: Path) -> bool:
+    """Whether a safetensors file opens and every tensor in it reads back (resume trusts nothing)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+        return True
+    except Exception:  # any failure to read is a broken file, whatever the library's error type
+        return False
+
+
+def recover_interrupted_writes(root: Path, skip: tuple[str, ...] = ()) -> None:
+    """Undo what a killed writer left under ROOT: temp files of atomic_write_bytes ('.NAME.*.tmp')
+    are removed; of write_folder_atomically, 'D.old' is renamed back when 'D' is missing (the kill
+    came between its two renames) and removed otherwise, and 'D.tmp' is removed. Only for a folder
+    this process holds the lock of (no writer is alive)."""
+    for parent, dirs, files in os.walk(root):
+        base = Path(parent)
+        for name in sorted(d for d in dirs if d.endswith(".old")):
+            target = name[: -len(".old")]
+            if target in dirs:
+                shutil.rmtree(base / name, ignore_errors=True)
+            else:
+                (base / name).rename(base / target)
+                dirs.append(target)
+            dirs.remove(name)
+        for name in [d for d in dirs if d.endswith(".tmp")]:
+            shutil.rmtree(base / name, ignore_errors=True)
+            dirs.remove(name)
+        for name in files:
+            if name.startswith(".") and ".tmp" in name and name not in skip:
+                (base / name).unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -79,6 +150,8 @@ def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+            f.flush()
+            fault_point(f"row of {Path(path).name}")
         f.flush()
         os.fsync(f.fileno())
 

@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from rewardiff.io_utils import fault_point
 from rewardiff.errors import RewardiffError
 
 LOG_ENV = "REWARDIFF_LOG"
@@ -78,9 +79,28 @@ class TrainLog:
             self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT), name=self.out.name, dir=str(self.out),
                                     config=_config_of(self.out))
 
+    def keep_until(self, stage: str, last: int, step_key: str = "step") -> None:
+        """Resume: drop the rows of `stage` after step `last` (the checkpoint's), which the resumed
+        run logs again; a row is never in the log twice. A torn last line (a kill mid-write) goes too."""
+        from rewardiff.io_utils import atomic_write_text
+
+        if not self.path.is_file():
+            return
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("stage") == stage and row.get(step_key, 0) > last:
+                continue
+            rows.append(row)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+
     def log(self, stage: str, step: int, step_key: str = "step", **values: float) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({"stage": stage, step_key: step, **values}) + "\n")
+        fault_point(f"log row {stage} {step}")
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(f"{stage}/{k}", v, step)

@@ -49,10 +49,10 @@ import torch
 
 from rewardiff.algorithms.advantages import MODES, PerPromptStatTracker, compute_advantages
 from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
-from rewardiff.config import save_config, to_dict
+from rewardiff.config import to_dict
 from rewardiff.diffusion import ddim_step_with_logprob, encode_prompts, guided_model_output, sample_trajectories
 from rewardiff.errors import RewardiffError
-from rewardiff.io_utils import atomic_write_text, read_jsonl, write_json
+from rewardiff.io_utils import write_json
 
 TARGETS = ("unet", "text_encoder", "both")
 CHECKPOINT = "checkpoint"
@@ -410,16 +410,6 @@ def load_checkpoint(out: Path, policy: Policy, optimizer, tracker: PerPromptStat
     return int(state["epoch"]), float(state["cpu_seconds"]), list(state["history"])
 
 
-def _trim_log(out: Path, epochs_done: int) -> None:
-    """Drop log rows of epochs after the checkpoint (a kill between logging and saving)."""
-    import json
-
-    path = out / "train_log.jsonl"
-    if path.is_file():
-        rows = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epochs_done]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
 def default_guidance_rescale(cfg: DDPOConfig) -> float:
     """Zero-terminal-SNR shapes generator: 0.7 (its sampling default); other models: 0."""
     if cfg.guidance_rescale is not None:
@@ -444,10 +434,9 @@ def train_ddpo(cfg: DDPOConfig, pipe, reward, progress: bool = True) -> DDPOResu
     `pipe`: an SD 1.x / 2.x pipeline (frozen, as `load_pipeline` returns it); `reward`: a
     `rewardiff.rewards.base.Reward` (called under no_grad). Returns the LoRA path and history.
     """
-    from tqdm.auto import tqdm
-
     from rewardiff.generation import check_prompts_for_model, read_prompts
     from rewardiff.train_log import RecordingReward, TrainLog
+    from rewardiff.run_folder import claim_run_folder
 
     validate(cfg)
     if cfg.threads > 0:
@@ -455,18 +444,26 @@ def train_ddpo(cfg: DDPOConfig, pipe, reward, progress: bool = True) -> DDPOResu
     pool = read_prompts(cfg.prompts)
     check_prompts_for_model(pool, cfg.model)
     rescale = default_guidance_rescale(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_run_folder(cfg.out, "train ddpo", _signature(cfg), config=cfg) as folder:
+        return _train_in(folder, cfg, pipe, reward, pool, rescale, progress)
 
+
+def _train_in(folder, cfg: DDPOConfig, pipe, reward, pool: list[str], rescale: float, progress: bool) -> DDPOResult:
+    """train_ddpo's work, in the claimed run folder."""
+    from tqdm.auto import tqdm
+
+    from rewardiff.train_log import TrainLog
+
+    out = folder.path
     policy = Policy(pipe, cfg)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     tracker = PerPromptStatTracker(cfg.tracker_buffer, cfg.tracker_min_count)
     done, cpu_before, history = load_checkpoint(out, policy, optimizer, tracker, cfg)
-    _trim_log(out, done)
-    save_config(cfg, out / "config.yaml")
+    folder.commit()
     log = TrainLog(out)
     reward = RecordingReward(reward)  # its last samples go to the log every N epochs
+    log.keep_until("ddpo", done, step_key="epoch")
     cpu_start = time.process_time()
     bar = tqdm(range(done, cfg.epochs), initial=done, total=cfg.epochs, desc=f"ddpo[{cfg.target}]", unit="epoch", disable=not progress)
     for epoch in bar:
@@ -490,7 +487,7 @@ def train_ddpo(cfg: DDPOConfig, pipe, reward, progress: bool = True) -> DDPOResu
     bar.close()
     log.close()
     cpu_minutes = (cpu_before + time.process_time() - cpu_start) / 60
-    lora = policy.save_lora(out / LORA_FILE, lora_format=cfg.lora_format)
+    lora = policy.save_lora(out / LORA_FILE, lora_format=cfg.lora_format)  # atomic (models.lora.save_lora)
     write_json(out / SUMMARY, {
         "target": cfg.target, "reward": cfg.reward, "epochs": cfg.epochs,
         "images_per_epoch": cfg.sample_batch_size * cfg.sample_batches,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from rewardiff.errors import RewardiffError
-from rewardiff.io_utils import write_folder_atomically
+from rewardiff.io_utils import safetensors_intact, write_folder_atomically
 
 LORA_PARAMS = "lora_params.safetensors"
 STATE = "state.pt"
@@ -43,9 +43,22 @@ def save_lora_state(directory: Path, modules: dict[str, torch.nn.Module], optimi
 
 
 def read_lora_meta(directory: Path) -> dict | None:
-    """The checkpoint's meta, or None when there is no checkpoint yet."""
+    """The checkpoint's meta, or None when there is no checkpoint yet or it is broken (its
+    tensors, optimiser or meta do not read back): a resume then starts over rather than trust it."""
     path = directory / META
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        torch.load(directory / STATE, weights_only=True)
+    except Exception:  # a truncated or foreign file, whatever the reader raises
+        meta = None
+    if meta is None or not safetensors_intact(directory / LORA_PARAMS):
+        import sys
+
+        print(f"warning: {directory} is broken; training starts over", file=sys.stderr)
+        return None
+    return meta
 
 
 def load_lora_state(directory: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

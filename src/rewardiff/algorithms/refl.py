@@ -174,13 +174,10 @@ def _load_checkpoint(directory: Path, unet, optimizer: torch.optim.Optimizer, cf
 
 def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> Path:
     """Train a U-Net LoRA by ReFL + KL; resumes from OUT/checkpoint. Returns OUT/lora.safetensors."""
-    from tqdm.auto import tqdm
-
-    from rewardiff.config import save_config, to_dict
-    from rewardiff.diffusion import ensure_ddim
     from rewardiff.generation import check_prompts_for_model, read_prompts
     from rewardiff.models.lora import add_lora, save_lora
     from rewardiff.train_log import RecordingReward, TrainLog
+    from rewardiff.run_folder import claim_run_folder, settings_of
 
     _check_config(cfg)
     check_differentiable(reward)
@@ -188,8 +185,20 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
         torch.set_num_threads(cfg.threads)
     prompts = read_prompts(cfg.prompts)
     check_prompts_for_model(prompts, cfg.model)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_run_folder(cfg.out, "train refl", settings_of(cfg, RESUME_FREE_FIELDS), config=cfg) as folder:
+        return _train_in(folder, cfg, pipe, reward, prompts, progress)
+
+
+def _train_in(folder, cfg: ReFLConfig, pipe, reward: Reward, prompts: list[str], progress: bool) -> Path:
+    """train_refl's work, in the claimed run folder."""
+    from tqdm.auto import tqdm
+
+    from rewardiff.config import to_dict
+    from rewardiff.diffusion import ensure_ddim
+    from rewardiff.models.lora import add_lora, save_lora
+    from rewardiff.train_log import TrainLog
+
+    out = folder.path
     ensure_ddim(pipe)
 
     unet = pipe.unet
@@ -205,9 +214,10 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
 
     ckpt = out / CHECKPOINT
     start = _load_checkpoint(ckpt, unet, optimizer, cfg) if read_lora_meta(ckpt) is not None else 0
-    save_config(cfg, out / "config.yaml")
+    folder.commit()
     log = TrainLog(out)
     reward = RecordingReward(reward)  # its last x0 predictions go to the log every N steps
+    log.keep_until("refl", start)
     bar = tqdm(total=cfg.train_steps, initial=min(start, cfg.train_steps), desc="refl", unit="step", disable=not progress)
     for step in range(start, cfg.train_steps):
         rewards, kls, losses = [], [], []
@@ -233,5 +243,4 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
                             extra={"torch_rng": torch.get_rng_state()})
     bar.close()
     log.close()
-    tmp = save_lora(out / f".{LORA_FILE}.tmp.safetensors", unet=unet, lora_format=cfg.lora_format)
-    return tmp.replace(out / LORA_FILE)  # atomic: a kill never leaves a half-written LoRA
+    return save_lora(out / LORA_FILE, unet=unet, lora_format=cfg.lora_format)  # atomic: a kill never leaves a half-written LoRA

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ from rewardiff.config import save_config, to_dict
 from rewardiff.data.preference import PreferenceDataset, load_preference_dataset, ordered_pairs
 from rewardiff.errors import RewardiffError
 from rewardiff.eval.preference_accuracy import preference_accuracy
-from rewardiff.io_utils import write_folder_atomically, write_json
+from rewardiff.io_utils import safetensors_intact, save_safetensors, write_folder_atomically, write_json
 from rewardiff.rewards.preference_model import (  # noqa: F401  (the saved model's format, re-exported)
     BEST,
     CONFIG_FILE,
@@ -129,10 +130,8 @@ class EmbeddingCache:
                     return Embeddings(f.get_tensor("image"), f.get_tensor("text"))
         emb = self._compute()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        save_file({"image": emb.image.contiguous(), "text": emb.text.contiguous()}, str(tmp),
-                  metadata={"fingerprint": fingerprint, "embedder": str(self.embedder.key)})
-        tmp.replace(self.path)
+        save_safetensors({"image": emb.image.contiguous(), "text": emb.text.contiguous()}, self.path,
+                         metadata={"fingerprint": fingerprint, "embedder": str(self.embedder.key)})
         return emb
 
     def _compute(self) -> Embeddings:
@@ -329,9 +328,27 @@ class TrainResult:
 
 
 def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: PreferenceTensors,
-        test: PreferenceTensors | None = None, embedder_key: str = "", progress: bool = True) -> TrainResult:
+        test: PreferenceTensors | None = None, embedder_key: str = "", progress: bool = True, folder=None) -> TrainResult:
     """Train on cached embeddings; write cfg.out/{config.yaml, best/, state/, train_log.jsonl,
-    tensorboard/, metrics.json}. Resumes from cfg.out/state if it is there."""
+    tensorboard/, metrics.json}. Resumes from cfg.out/state if it is there. `folder`: cfg.out
+    already claimed (rewardiff.run_folder) by the caller; else fit claims it."""
+    if folder is None:
+        from rewardiff.run_folder import claim_run_folder
+
+        with claim_run_folder(cfg.out, "train-reward", reward_run_settings(cfg), config=cfg) as claimed:
+            return _fit_in(claimed, cfg, emb, train, val, test, embedder_key, progress)
+    return _fit_in(folder, cfg, emb, train, val, test, embedder_key, progress)
+
+
+def reward_run_settings(cfg: RewardModelConfig) -> dict:
+    """What makes two train-reward runs the same run (resumable into one folder)."""
+    from rewardiff.run_folder import settings_of
+
+    return settings_of(cfg, RESUME_FREE)
+
+
+def _fit_in(folder, cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: PreferenceTensors,
+            test: PreferenceTensors | None, embedder_key: str, progress: bool) -> TrainResult:
     from tqdm.auto import tqdm
 
     t0 = time.time()
@@ -343,8 +360,7 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
         raise RewardiffError("batch_pairs and epochs must be at least 1")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = folder.path
     device = torch.device(cfg.device)
     emb = Embeddings(emb.image.to(device), emb.text.to(device))
     in_dim = feature_width(emb.image.shape[1], emb.text.shape[1], cfg.features)
@@ -355,7 +371,9 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
     optimizer = make_optimizer(model, cfg)
     state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0}
     state_dir = out / STATE
-    if (state_dir / "state.json").is_file():
+    if (state_dir / "state.json").is_file() and not _state_intact(state_dir):
+        print(f"warning: {state_dir} is broken; training starts over", file=sys.stderr)
+    elif (state_dir / "state.json").is_file():
         saved = json.loads((state_dir / "state.json").read_text())
         if saved.get("meta", {}).get("in_dim") != in_dim:
             raise RewardiffError(f"{out}: the saved state has input width {saved.get('meta', {}).get('in_dim')}, these embeddings {in_dim}; use a new --out")
@@ -366,9 +384,10 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
         model.load_state_dict(load_file(str(state_dir / WEIGHTS_FILE), device=str(device)))
         optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True, map_location=device))
         state = {k: saved[k] for k in state}
-    save_config(cfg, out / CONFIG_FILE)
+    folder.commit()
 
     logger = TrainLog(out)
+    logger.keep_until("reward_model", state["epoch"], step_key="epoch")
     history = []
     remaining = max(cfg.epochs - state["epoch"], 0)
     steps_per_epoch = len(train.batches(cfg.batch_pairs, torch.Generator().manual_seed(0)))
@@ -400,8 +419,8 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
                 torch.save(opt_state, tmp / "optimizer.pt")
                 (tmp / "state.json").write_text(json.dumps(saved))
 
+            logger.log("reward_model", epoch, step_key="epoch", **row)  # before the state: a kill between drops the row on resume
             write_folder_atomically(state_dir, write_state)
-            logger.log("reward_model", epoch, step_key="epoch", **row)
             history.append({"epoch": epoch, **row})
             bar.set_postfix(loss=f"{loss:.4f}", val=f"{val_acc:.4f}")
     finally:
@@ -417,6 +436,16 @@ def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: 
     return TrainResult(out, state["best_epoch"], state["best_val_accuracy"], test_acc, time.time() - t0, history)
 
 
+def _state_intact(state_dir: Path) -> bool:
+    """Whether a saved training state reads back completely (resume trusts nothing)."""
+    try:
+        json.loads((state_dir / "state.json").read_text())
+        torch.load(state_dir / "optimizer.pt", weights_only=True)
+    except Exception:  # a truncated or foreign file, whatever the reader raises
+        return False
+    return safetensors_intact(state_dir / WEIGHTS_FILE)
+
+
 def train_reward_model(cfg: RewardModelConfig, embedder: Embedder | None = None, progress: bool = True) -> TrainResult:
     """`rewardiff train-reward`: load + validate the dataset, embed it once (cached), fit.
 
@@ -426,12 +455,15 @@ def train_reward_model(cfg: RewardModelConfig, embedder: Embedder | None = None,
         raise RewardiffError("no preference dataset given (--data DIR)")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    from rewardiff.run_folder import claim_run_folder
+
     dataset = load_preference_dataset(cfg.data, cfg.min_images, cfg.max_images)
-    if embedder is None:
-        embedder = _LazyClip(cfg.clip, cfg.device)
-    emb = EmbeddingCache(dataset, embedder, cfg.embed_batch, progress).load()
-    splits = {s: PreferenceTensors.from_dataset(dataset, s) for s in ("train", "validation", "test")}
-    return fit(cfg, emb, splits["train"], splits["validation"], splits["test"], str(embedder.key), progress)
+    with claim_run_folder(cfg.out, "train-reward", reward_run_settings(cfg), config=cfg) as folder:
+        if embedder is None:
+            embedder = _LazyClip(cfg.clip, cfg.device)
+        emb = EmbeddingCache(dataset, embedder, cfg.embed_batch, progress).load()
+        splits = {s: PreferenceTensors.from_dataset(dataset, s) for s in ("train", "validation", "test")}
+        return fit(cfg, emb, splits["train"], splits["validation"], splits["test"], str(embedder.key), progress, folder=folder)
 
 
 class _LazyClip:

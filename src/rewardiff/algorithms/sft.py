@@ -204,6 +204,7 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
             cached_text = {p: e for p, e in zip(["", *dict.fromkeys(prompts)], _encode(pipe, ["", *dict.fromkeys(prompts)]))}
     device = pipe.unet.device
     log = TrainLog(out)
+    log.keep_until(cfg.loss, start)  # rows after the checkpoint are logged again by this run
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train ({cfg.loss})", unit="step", disable=not progress)
     for step in range(start, cfg.steps):
         rng = random.Random(cfg.seed * 1_000_003 + step)

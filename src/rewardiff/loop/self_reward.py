@@ -241,8 +241,6 @@ def check_settings(cfg: SelfRewardConfig) -> None:
 def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: str | None = None) -> dict:
     """Run (or resume) every round; returns the summary. `stop_after` 'K:PHASE' stops after that
     phase of round K (PHASE: prompts, candidates, judge, train, eval), as a kill would."""
-    from rewardiff.config import save_config
-
     if cfg.rounds < 1 or cfg.candidates < 1 or cfg.prompts_per_round < 1:
         raise RewardiffError("rounds, candidates and prompts_per_round must be at least 1")
     if cfg.candidates < 2 and cfg.train.loss == "dpo":
@@ -250,9 +248,21 @@ def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: st
     check_pairing(cfg.judge.pairing, cfg.judge.max_pairs_per_prompt)  # fails now, not after the candidates
     check_lora_format(cfg.train.lora_format)
     check_settings(cfg)
-    run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run / "config.yaml")
+    from rewardiff.models.pipeline import resolve_model
+    from rewardiff.run_folder import claim_run_folder, settings_of
+
+    resolve_model(cfg.model)  # a missing model folder fails before the run folder is claimed
+    with claim_run_folder(cfg.out, "self-reward", settings_of(cfg, RESUME_FREE), config=cfg) as folder:
+        folder.commit()
+        return _run_in(folder.path, cfg, progress, stop_after)
+
+
+RESUME_FREE = ("out", "rounds", "device", "batch_size")
+"""Fields a resumed run may change (more rounds, another device or batch size)."""
+
+
+def _run_in(run: Path, cfg: SelfRewardConfig, progress: bool, stop_after: str | None) -> dict:
+    """run_self_reward's rounds, in the claimed run folder."""
     ctx = _Context(cfg, run, progress)
     timings_path = run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from rewardiff.errors import RewardiffError
 from rewardiff.models.lora_formats import check_lora_format, from_kohya, is_kohya, kohya_metadata, kohya_state_dict, normalize_module
+from rewardiff.io_utils import give_default_modes
 
 if TYPE_CHECKING:
     import torch
@@ -224,7 +228,15 @@ def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None,
             layers[f"{name}_lora_adapter_metadata"] = _adapter_metadata(module)
     cls = pipeline_cls or StableDiffusionPipeline
     path.parent.mkdir(parents=True, exist_ok=True)
-    cls.save_lora_weights(str(path.parent), weight_name=path.name, safe_serialization=True, **layers)
+    # written into a temp folder beside the target, then renamed: atomic, and with the default
+    # file mode (the safetensors writer makes 0600 files)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        cls.save_lora_weights(str(tmp), weight_name=path.name, safe_serialization=True, **layers)
+        give_default_modes(tmp)
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -66,13 +66,21 @@ def choose_prompts(cfg: ShapesPreferenceConfig) -> list[tuple[str, int]]:
 
 def build_shapes_preference_set(cfg: ShapesPreferenceConfig, pipe=None, progress: bool = True) -> Path:
     """Generate, rank and index the set; resumes a killed build (generation is resumable per k)."""
+    from rewardiff.run_folder import claim_run_folder, settings_of
+
+    with claim_run_folder(cfg.out, "shapes make-preference-set", settings_of(cfg, RESUME_FREE), config=cfg) as folder:
+        return _build_in(folder, cfg, pipe, progress)
+
+
+RESUME_FREE = ("out", "device", "batch_size")
+"""Fields a resumed build may change (they do not change the images or the ranking)."""
+
+
+def _build_in(folder, cfg: ShapesPreferenceConfig, pipe, progress: bool) -> Path:
+    """build_shapes_preference_set's work, in the claimed folder."""
     from tqdm.auto import tqdm
 
-    from rewardiff.config import save_config
-
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    out = folder.path
     chosen = choose_prompts(cfg)
     by_k: dict[int, list[str]] = {}
     for prompt, k in chosen:
@@ -82,6 +90,7 @@ def build_shapes_preference_set(cfg: ShapesPreferenceConfig, pipe=None, progress
         from rewardiff.models.pipeline import load_pipeline
 
         pipe, _ = load_pipeline(cfg.model, device=cfg.device)
+    folder.commit()
     images_of: dict[str, list[str]] = {}
     for k, prompts in sorted(by_k.items()):
         gen_dir = out / "gen" / f"k{k}"

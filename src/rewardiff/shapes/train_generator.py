@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from rewardiff.diffusion.training_loss import denoising_loss
-from rewardiff.io_utils import write_folder_atomically
+from rewardiff.io_utils import safetensors_intact, write_folder_atomically
 from rewardiff.shapes.generator import GeneratorArch, build_pipeline, build_vae
 from rewardiff.errors import RewardiffError
 from rewardiff.shapes.prompts import check_category_weights, sample_train_prompt
@@ -109,21 +109,39 @@ def _load_state(directory: Path, modules: dict[str, torch.nn.Module], optimizer:
     return json.loads((directory / "state.json").read_text())
 
 
+RESUME_FREE = ("out", "threads", "unet.steps", "unet.checkpoint_every")
+"""Fields a resumed run may change (train longer, elsewhere, with more threads)."""
+
+
+def _state_intact(directory: Path, modules: tuple[str, ...]) -> bool:
+    """Whether a checkpoint folder reads back completely; a broken one is redone, not trusted."""
+    if not (directory / "state.json").is_file():
+        return False
+    try:
+        json.loads((directory / "state.json").read_text())
+        torch.load(directory / "optimizer.pt", weights_only=True)
+    except Exception:  # a truncated or foreign file, whatever the reader raises
+        return False
+    return all(safetensors_intact(directory / f"{m}.safetensors") for m in modules)
+
+
 def train_vae(cfg: TrainGeneratorConfig, out: Path, logger: TrainLog, progress: bool = True):
     """Stage 1; returns the trained AutoencoderKL (or the finished one on disk)."""
     from diffusers import AutoencoderKL
     from tqdm.auto import tqdm
 
     final = out / "vae"
-    if (final / "config.json").is_file():
+    if (final / "config.json").is_file() and safetensors_intact(final / "diffusion_pytorch_model.safetensors"):
+        logger.keep_until("vae", cfg.vae.steps)
         return AutoencoderKL.from_pretrained(final)
     torch.manual_seed(cfg.seed)
     vae = build_vae(cfg.arch)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae.lr)
     ckpt = out / "checkpoint-vae"
     start = 0
-    if (ckpt / "state.json").is_file():
+    if _state_intact(ckpt, ("vae",)):
         start = _load_state(ckpt, {"vae": vae}, opt)["step"]
+    logger.keep_until("vae", start - 1)  # rows of steps the resumed run does again
     vae.train()
     bar = tqdm(range(start, cfg.vae.steps), initial=start, total=cfg.vae.steps, desc="vae", disable=not progress)
     for step in bar:
@@ -150,7 +168,7 @@ def train_vae(cfg: TrainGeneratorConfig, out: Path, logger: TrainLog, progress: 
         _, x = rendered_batch(random.Random(f"{cfg.seed}:vae-scale"), 256)
         std = vae.encode(x).latent_dist.mean.std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
-    vae.save_pretrained(final)
+    write_folder_atomically(final, vae.save_pretrained)
     return vae
 
 
@@ -173,11 +191,8 @@ def unet_stage_lr(stage: UnetStageConfig, step: int) -> float:
     raise RewardiffError(f"unet.lr_schedule must be 'constant' or 'cosine', got {stage.lr_schedule!r}")
 
 
-def _load_init_pipeline(cfg: TrainGeneratorConfig, unet, text_encoder):
-    """Copy an exported generator's U-Net and text-encoder weights in; return its VAE."""
-    from rewardiff.models.pipeline import load_pipeline
-
-    init, _ = load_pipeline(cfg.unet.init_from)
+def _load_init_pipeline(cfg: TrainGeneratorConfig, unet, text_encoder, init):
+    """Copy the exported generator `init`'s U-Net and text-encoder weights in; return its VAE."""
     for name, module, source in (("unet", unet, init.unet), ("text_encoder", text_encoder, init.text_encoder)):
         try:
             module.load_state_dict(source.state_dict())
@@ -188,26 +203,37 @@ def _load_init_pipeline(cfg: TrainGeneratorConfig, unet, text_encoder):
 
 def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
     """Run both stages (resuming whatever is done) and export the pipeline to OUT/pipeline."""
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
-    from rewardiff.config import save_config
+    from rewardiff.run_folder import claim_run_folder, settings_of
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    logger = TrainLog(out)
     check_category_weights(cfg.unet.category_weights, "unet.category_weights")
     unet_stage_lr(cfg.unet, 0)  # refuse an unknown schedule before any work
+    with claim_run_folder(cfg.out, "shapes train-generator", settings_of(cfg, RESUME_FREE), config=cfg) as folder:
+        return _train_in(folder, cfg, progress)
+
+
+def _train_in(folder, cfg: TrainGeneratorConfig, progress: bool) -> Path:
+    """train_generator's work, in the claimed run folder."""
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    out = folder.path
+    init = None
+    if cfg.unet.init_from:
+        from rewardiff.models.pipeline import load_pipeline
+
+        init, _ = load_pipeline(cfg.unet.init_from)  # a missing or foreign init fails before the folder is written
+    folder.commit()
+    logger = TrainLog(out)
     if cfg.unet.init_from:
         torch.manual_seed(cfg.seed + 1)
         pipe = build_pipeline(cfg.arch, out / "tokenizer_src")
-        vae = _load_init_pipeline(cfg, pipe.unet, pipe.text_encoder)
+        vae = _load_init_pipeline(cfg, pipe.unet, pipe.text_encoder, init)
         pipe.vae = vae
         if not (out / "vae" / "config.json").is_file():
-            vae.save_pretrained(out / "vae")  # export_pipeline reads the run's VAE from here
+            write_folder_atomically(out / "vae", vae.save_pretrained)  # export_pipeline reads the run's VAE from here
     else:
         vae = train_vae(cfg, out, logger, progress)
         torch.manual_seed(cfg.seed + 1)
@@ -222,7 +248,7 @@ def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
 
     ckpt = out / "checkpoint"
     start = 0
-    if (ckpt / "state.json").is_file():
+    if _state_intact(ckpt, ("unet", "text_encoder", "ema")):
         unet.load_state_dict(load_file(str(ckpt / "unet.safetensors")))
         text_encoder.load_state_dict(load_file(str(ckpt / "text_encoder.safetensors")), strict=False)
         ema_sd = load_file(str(ckpt / "ema.safetensors"))
@@ -232,6 +258,7 @@ def train_generator(cfg: TrainGeneratorConfig, progress: bool = True) -> Path:
         ema.cur_decay_value = state.get("ema_decay_value")
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         start = state["step"]
+    logger.keep_until("unet", start - 1)  # rows of steps the resumed run does again
 
     token_cache: dict[str, torch.Tensor] = {}
 
