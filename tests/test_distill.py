@@ -13,7 +13,7 @@ import pytest
 from rewardiff.config import load_config
 from rewardiff.errors import RewardiffError
 from rewardiff.io_utils import append_jsonl, read_jsonl
-from rewardiff.loop.distill import DistillConfig, balanced_order, check_distill_config, load_distill_data
+from rewardiff.loop.distill import DistillConfig, balanced_order, check_distill_config, load_distill_data, run_distill
 from rewardiff.judges.self_judge import SelfJudge
 from rewardiff.shapes.dataset import render_dataset
 
@@ -89,8 +89,9 @@ def test_train_sft_cli_writes_a_lora_that_diffusers_opens_and_resumes(rendered, 
     before = lora.read_bytes()
     again = _cli(*args)
     assert again.returncode == 0 and lora.read_bytes() == before  # a finished run is kept, not retrained
-    other = _cli(*args[:-1], "train.checkpoint_every=5", "--set", "train.lr=2e-4")
-    assert other.returncode != 0 and "other settings" in other.stderr.strip().splitlines()[-1]
+    other = _cli(*args, "--set", "train.lr=2e-4")
+    assert other.returncode != 0 and "train.lr" in other.stderr.strip().splitlines()[-1]
+    assert lora.read_bytes() == before
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -118,7 +119,7 @@ def test_out_inside_the_data_folder_and_foreign_prompts_are_refused(rendered, tm
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "train_log.jsonl").write_text("{}\n")
-    with pytest.raises(RewardiffError, match="not empty"):
-        check_distill_config(_cfg(rendered, busy))
-    assert (busy / "train_log.jsonl").read_text() == "{}\n"
+    with pytest.raises(RewardiffError, match="another run"):
+        run_distill(_cfg(rendered, busy), pipe=None)  # refused before the pipeline is touched
+    assert sorted(p.name for p in busy.iterdir()) == ["train_log.jsonl"] and (busy / "train_log.jsonl").read_text() == "{}\n"
 

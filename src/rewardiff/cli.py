@@ -237,10 +237,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from rewardiff.demo import DemoConfig, run_demo
 
     cfg = _load(DemoConfig, args, {"out": args.out, "model": args.model, "self_reward.train.lora_format": args.lora_format})
-    run_demo(cfg)
-    out = Path(cfg.out)
-    print(f"\nwrote {out}: base/ (images, metadata.jsonl, oracle_eval.md), grid.png"
-          + (f", self_reward/ (summary.md, the round's LoRA), grid_tuned.png" if cfg.self_reward_round else ""))
+    run_demo(cfg)  # prints what it wrote, and the report's path last
     return 0
 
 

@@ -120,6 +120,10 @@ def _demo_in(out: Path, cfg: DemoConfig, progress: bool) -> dict:
               f"95% CI [{o['ci_low']:+.3f}, {o['ci_high']:+.3f}]: {o['verdict']})")
     from rewardiff.eval.report import write_report
 
+    written = ["base/ (images, metadata.jsonl, oracle_eval.md)", "grid.png"]
+    written += [f"{key}/ (images, compare/), grid_{key}.png" for key in ("best_of", "best_lora") if key in result]
+    written += ["self_reward/ (summary.md, the round's LoRA), grid_tuned.png"] if "self_reward" in result else []
+    print(f"\nwrote {out}: {', '.join(written)}")
     print(f"report: {write_report([out], out / 'report')}")  # the demo's last line: the page to open
     return result
 

@@ -244,12 +244,14 @@ def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Pat
         sampling = SamplingSettings(**{**asdict(sampling), **{k: v for k, v in SHAPES_SAMPLING.items() if getattr(sampling, k) is None}})
     loras = [parse_lora_spec(s) for s in cfg.loras]
 
-    with claim_run_folder(cfg.out, "generate", _run_signature(cfg, prompts), config=cfg) as folder:
-        return _generate_into(folder, cfg, pipe, progress, prompts, counts, sampling, loras)
+    signature = _run_signature(cfg, prompts)
+    reused = _plain_candidates(cfg, signature, prompts) if cfg.plain and cfg.best_of > 1 else None
+    with claim_run_folder(cfg.out, "generate", signature, config=cfg) as folder:
+        return _generate_into(folder, cfg, pipe, progress, prompts, counts, sampling, loras, reused)
 
 
 def _generate_into(folder, cfg: GenerateConfig, pipe, progress: bool, prompts: list[str], counts: list[int],
-                   sampling: SamplingSettings, loras: list) -> Path:
+                   sampling: SamplingSettings, loras: list, reused: dict | None) -> Path:
     from tqdm.auto import tqdm
 
     from rewardiff.io_utils import atomic_write_text
@@ -261,7 +263,6 @@ def _generate_into(folder, cfg: GenerateConfig, pipe, progress: bool, prompts: l
     kept, changed = verified_rows(out, prompts, counts)
     done = {(r["prompt_index"], r["index"]) for r in kept}
     jobs = [(i, k) for i in range(len(prompts)) for k in range(counts[i]) if (i, k) not in done]
-    reused = _plain_candidates(cfg, signature, prompts) if cfg.plain and cfg.best_of > 1 else None
     judge = None
     if jobs:  # the model-dependent checks (a LoRA that does not fit the model) also come before any write
         if cfg.best_of > 1:
@@ -302,12 +303,14 @@ def _generate_into(folder, cfg: GenerateConfig, pipe, progress: bool, prompts: l
 def _plain_candidates(cfg: GenerateConfig, signature: dict, prompts: list[str]) -> dict[tuple[int, int], Path]:
     """(prompt index, image index) -> PNG of a finished plain run that is this run with best_of 1:
     those images are exactly candidate 0 (same seeds), so they need not be sampled again."""
+    from rewardiff.run_folder import normalise, read_marker
+
     plain = Path(cfg.plain)
-    run_file = plain / RUN_FILE
-    if not run_file.is_file():
-        raise RewardiffError(f"--plain {plain}: not a generate run (no {RUN_FILE})")
-    theirs = json.loads(run_file.read_text())
-    ours = {**signature, "best_of": 1, "judge": None}
+    marker = read_marker(plain)
+    if marker is None or marker["command"] != "generate":
+        raise RewardiffError(f"--plain {plain}: not a generate run")
+    theirs = marker["settings"]
+    ours = normalise({**signature, "best_of": 1, "judge": None})
     diffs = [k for k in ours if theirs.get(k) != ours[k]]
     if diffs:
         raise RewardiffError(f"--plain {plain}: a different run ({diffs[0]}: {theirs.get(diffs[0])!r} there, {ours[diffs[0]]!r} here); "

@@ -31,7 +31,8 @@ from rewardiff.io_utils import load_image, write_json
 from rewardiff.judges.self_judge import JudgeConfig, SelfJudge, judge_rows
 
 
-CONFIG_FILE = "config.yaml"
+RESUME_FREE_FIELDS = ("out", "device", "train.steps", "train.checkpoint_every")
+"""Settings a resumed run may change (run longer, elsewhere)."""
 
 
 @dataclass
@@ -105,10 +106,8 @@ def load_distill_data(cfg: DistillConfig, judge: SelfJudge | None, progress: boo
 
 def check_distill_config(cfg: DistillConfig) -> None:
     """Refuse, before a model is loaded or anything written, data that is missing or drawn for
-    another world, an output folder inside a data folder or holding another run, and bad
-    training or filter settings."""
-    from rewardiff.config import load_config, to_dict
-
+    another world, an output folder inside a data folder, and bad training or filter settings
+    (the folder's owner and lock are `run_folder`'s, checked when the run claims it)."""
     if not cfg.data:
         raise RewardiffError("train sft: no data; give --data FOLDER (a generated set with metadata.jsonl), repeatable")
     out = Path(cfg.out).resolve()
@@ -123,29 +122,20 @@ def check_distill_config(cfg: DistillConfig) -> None:
     bad = {k: v for k, v in cfg.judge.thresholds.items() if not is_finite_number(v)}
     if bad:
         raise RewardiffError(f"judge.thresholds must be finite numbers, got {bad}")
-    saved = Path(cfg.out) / CONFIG_FILE
-    if saved.is_file():
-        old = to_dict(load_config(DistillConfig, saved))
-        diffs = [k for k, v in to_dict(cfg).items() if k not in ("out", "device") and old.get(k) != v]
-        if diffs:
-            raise RewardiffError(f"output directory {cfg.out} holds a train sft run with other settings ({diffs[0]}); choose another --out")
-    elif Path(cfg.out).is_dir() and any(Path(cfg.out).iterdir()):
-        raise RewardiffError(f"output directory {cfg.out} is not empty and holds no train sft run; choose another --out")
 
 
 def run_distill(cfg: DistillConfig, pipe, progress: bool = True) -> Path:
     """Filter, balance and fine-tune; returns OUT/lora/lora.safetensors (resumes a killed run)."""
-    from rewardiff.config import save_config
+    from rewardiff.run_folder import claim_run_folder, settings_of
 
     check_distill_config(cfg)
-    out = Path(cfg.out)
-    judge = SelfJudge(cfg.judge, device=cfg.device) if cfg.filter else None
-    data = load_distill_data(cfg, judge, progress)
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / CONFIG_FILE).is_file():
-        save_config(cfg, out / CONFIG_FILE)
-    write_json(out / "data.json", {"sources": cfg.data, "filter": cfg.filter, "balance": cfg.balance, "categories": data.counts,
-                                   "examples": len(data.examples)})
-    lines = ", ".join(f"{c} {v['kept']}/{v['images']} (x{v['draw_weight']})" for c, v in data.counts.items())
-    print(f"[train sft] kept images by category: {lines}", flush=True)
-    return train_lora(pipe, data.examples, cfg.train, out, progress=progress)
+    with claim_run_folder(cfg.out, "train sft", settings_of(cfg, RESUME_FREE_FIELDS), config=cfg) as folder:
+        judge = SelfJudge(cfg.judge, device=cfg.device) if cfg.filter else None
+        data = load_distill_data(cfg, judge, progress)
+        folder.commit()
+        out = folder.path
+        write_json(out / "data.json", {"sources": cfg.data, "filter": cfg.filter, "balance": cfg.balance, "categories": data.counts,
+                                       "examples": len(data.examples)})
+        lines = ", ".join(f"{c} {v['kept']}/{v['images']} (x{v['draw_weight']})" for c, v in data.counts.items())
+        print(f"[train sft] kept images by category: {lines}", flush=True)
+        return train_lora(pipe, data.examples, cfg.train, out, progress=progress)
