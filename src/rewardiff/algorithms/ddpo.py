@@ -50,7 +50,8 @@ import torch
 from rewardiff.algorithms.advantages import MODES, PerPromptStatTracker, compute_advantages
 from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
 from rewardiff.config import save_config, to_dict
-from rewardiff.diffusion import ddim_step_with_logprob, encode_prompts, guided_model_output, sample_trajectories
+from rewardiff.diffusion.conditioning import backward_leaves
+from rewardiff.diffusion import Conditioning, ddim_step_with_logprob, encode_prompts, guided_model_output, sample_trajectories
 from rewardiff.errors import RewardiffError
 from rewardiff.io_utils import atomic_write_text, read_jsonl, write_json
 
@@ -113,8 +114,8 @@ class Samples:
     latents: torch.Tensor  # (N, K+1, C, H, W)
     log_probs: torch.Tensor  # (N, K) under the sampling policy
     timesteps: torch.Tensor  # (K,)
-    prompt_embeds: torch.Tensor  # (N, L, D)
-    negative_prompt_embeds: torch.Tensor  # (N, L, D)
+    cond: Conditioning  # (N rows) prompt conditioning (SDXL: pooled embeds + time ids)
+    uncond: Conditioning  # (N rows) negative-prompt conditioning
     rewards: torch.Tensor  # (N,)
     advantages: torch.Tensor | None = None  # (N,) clipped
 
@@ -218,9 +219,10 @@ class Policy:
         self.train_text = cfg.target in ("text_encoder", "both")
         if self.train_unet:
             add_lora(pipe.unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
-        if self.train_text:
-            add_lora(pipe.text_encoder, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
-        self.modules = {name: getattr(pipe, name) for name, on in (("unet", self.train_unet), ("text_encoder", self.train_text)) if on}
+        text_names = [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None] if self.train_text else []
+        for name in text_names:  # SDXL: TexForce adapts both text encoders
+            add_lora(getattr(pipe, name), rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+        self.modules = {name: getattr(pipe, name) for name in (["unet"] if self.train_unet else []) + text_names}
         self.named = {f"{m}.{n}": p for m, module in self.modules.items() for n, p in module.named_parameters() if p.requires_grad}
         if not self.named:
             raise RewardiffError("no trainable LoRA parameters were created")
@@ -231,9 +233,9 @@ class Policy:
         return list(self.named.values())
 
     def save_lora(self, path: Path) -> Path:
-        from rewardiff.models.lora import save_lora
+        from rewardiff.models.lora import save_pipeline_lora
 
-        return save_lora(path, unet=self.modules.get("unet"), text_encoder=self.modules.get("text_encoder"))
+        return save_pipeline_lora(path, self.pipe, self.modules)
 
 
 def sample_epoch(pipe, reward, prompts: list[str], seeds: list[int], cfg: DDPOConfig, rescale: float) -> Samples:
@@ -250,8 +252,8 @@ def sample_epoch(pipe, reward, prompts: list[str], seeds: list[int], cfg: DDPOCo
         latents=torch.cat([t.latents for t in trajs]),
         log_probs=torch.cat([t.log_probs for t in trajs]),
         timesteps=trajs[0].timesteps,
-        prompt_embeds=torch.cat([t.prompt_embeds for t in trajs]),
-        negative_prompt_embeds=torch.cat([t.negative_prompt_embeds for t in trajs]),
+        cond=Conditioning.cat([t.cond for t in trajs]),
+        uncond=Conditioning.cat([t.uncond for t in trajs]),
         rewards=torch.cat([s for _, s in parts]),
     )
 
@@ -327,10 +329,11 @@ def ppo_update(pipe, policy: Policy, optimizer: torch.optim.Optimizer, samples: 
             rows_per_step = sum(len(m) for m in group) * n_train
             prompts = [samples.prompts[i] for i in idx.tolist()]
             if policy.train_text:
-                cond, uncond = encode_prompts(pipe, prompts)
-                cond_leaf, uncond_leaf = cond.detach().requires_grad_(), uncond.detach().requires_grad_()
+                size = tuple(int(v) * pipe.vae_scale_factor for v in samples.latents.shape[-2:])
+                cond, uncond = encode_prompts(pipe, prompts, size=size)
+                cond_leaf, uncond_leaf = cond.leaf(), uncond.leaf()
             else:
-                cond_leaf, uncond_leaf = samples.prompt_embeds[idx], samples.negative_prompt_embeds[idx]
+                cond_leaf, uncond_leaf = samples.cond[idx], samples.uncond[idx]
             adv = samples.advantages[idx].to(device)
             for j0 in range(0, n_train, chunk):
                 cols = perms[idx, j0:j0 + chunk]  # (b, c) trajectory positions
@@ -354,10 +357,9 @@ def ppo_update(pipe, policy: Policy, optimizer: torch.optim.Optimizer, samples: 
                     totals["clipfrac"] += float(((ratio - 1.0).abs() > cfg.clip_range).float().mean()) * rows
                     rows_seen += rows
             if policy.train_text:  # one text-encoder backward for all timesteps of the minibatch
-                # without guidance (scale <= 1, e.g. SD-Turbo) the uncond leaf is unused and has no grad
-                pairs = [(e, leaf.grad) for e, leaf in ((cond, cond_leaf), (uncond, uncond_leaf)) if leaf.grad is not None]
-                if pairs:
-                    torch.autograd.backward([e for e, _ in pairs], [g for _, g in pairs])
+                # without guidance (scale <= 1, e.g. SD-Turbo) the uncond leaf is unused and has no grad;
+                # SDXL's zero negative prompt has no graph to the encoders at all
+                backward_leaves([(cond, cond_leaf), (uncond, uncond_leaf)])
             if mb_index == group_start + len(group) - 1:
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                 optimizer.step()

@@ -138,7 +138,7 @@ def refl_micro_batch(cfg: ReFLConfig, pipe, reward: Reward, batch: MicroBatch) -
                                    guidance_rescale=cfg.guidance_rescale, eta=cfg.eta, stop_at_step=batch.stop, decode=False)
     x_t = traj.latents[:, -1]
     t = pipe.scheduler.timesteps[batch.stop]
-    cond, uncond = traj.prompt_embeds, traj.negative_prompt_embeds
+    cond, uncond = traj.cond, traj.uncond  # SDXL: with pooled embeds and time ids
     # the step's own sample is not used (only its mean and x_0), so it is drawn from a fixed generator
     gen = torch.Generator(device=x_t.device).manual_seed(0)
     out = guided_model_output(unet, x_t, t, cond, uncond, cfg.guidance, cfg.guidance_rescale)
@@ -175,7 +175,7 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
     from rewardiff.config import save_config, to_dict
     from rewardiff.diffusion import ensure_ddim
     from rewardiff.generation import check_prompts_for_model, read_prompts
-    from rewardiff.models.lora import add_lora, save_lora
+    from rewardiff.models.lora import add_lora, save_pipeline_lora
     from rewardiff.train_log import TrainLog
 
     _check_config(cfg)
@@ -226,5 +226,5 @@ def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> 
                             extra={"torch_rng": torch.get_rng_state()})
     bar.close()
     log.close()
-    tmp = save_lora(out / f".{LORA_FILE}.tmp.safetensors", unet=unet)
+    tmp = save_pipeline_lora(out / f".{LORA_FILE}.tmp.safetensors", pipe, {"unet": unet})
     return tmp.replace(out / LORA_FILE)  # atomic: a kill never leaves a half-written LoRA

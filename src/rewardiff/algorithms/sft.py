@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
+from rewardiff.diffusion.conditioning import Conditioning, as_conditioning, encode_text, text_encoders
 from rewardiff.diffusion.training_loss import denoising_loss, diffusion_target, sample_timesteps, timestep_bounds
 from rewardiff.errors import RewardiffError
 from rewardiff.models.lora import adapters_disabled
@@ -78,27 +79,29 @@ def diffusion_dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torc
     return loss, {"implicit_acc": float((d > 0).float().mean()), "model_diff": float(model_diff.detach().mean()), "ref_diff": float(ref_diff.detach().mean())}
 
 
-def dpo_errors(pipe, z_w: torch.Tensor, z_l: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+def dpo_errors(pipe, z_w: torch.Tensor, z_l: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: Conditioning | torch.Tensor,
                prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example squared errors (2B,) of the policy and of the reference on cat([chosen, rejected]),
     with one t and one noise per pair (Wallace et al.'s train.py).
 
-    `text` (B, L, D) is the policy's prompt encoding. The reference is the base model: U-Net
-    adapters disabled and, when `prompts` is given (the text encoder is trained), the prompts
-    re-encoded with the text encoder's adapters disabled; reusing `text` there would let the
-    text-encoder LoRA drift unpenalised."""
+    `text` is the policy's prompt conditioning (B rows; SDXL: with pooled embeds and time ids).
+    The reference is the base model: U-Net adapters disabled and, when `prompts` is given (the
+    text encoders are trained), the prompts re-encoded with the text encoders' adapters disabled;
+    reusing `text` there would let the text-encoder LoRA drift unpenalised."""
     scheduler = pipe.scheduler
+    text = as_conditioning(text)
     both, noise2, t2 = torch.cat([z_w, z_l]), torch.cat([noise, noise]), torch.cat([t, t])
     noisy = scheduler.add_noise(both, noise2, t2)
     target = diffusion_target(scheduler, both, noise2, t2).float()
 
-    def errors(cond: torch.Tensor) -> torch.Tensor:
-        pred = pipe.unet(noisy, t2, encoder_hidden_states=torch.cat([cond, cond])).sample.float()
+    def errors(cond: Conditioning) -> torch.Tensor:
+        pred = pipe.unet(noisy, t2, **Conditioning.cat([cond, cond]).unet_kwargs()).sample.float()
         return ((pred - target) ** 2).mean(dim=(1, 2, 3))
 
     err = errors(text)
-    with torch.no_grad(), adapters_disabled(pipe.unet, pipe.text_encoder if prompts is not None else None):
-        ref = errors(_encode(pipe, prompts).to(text.device) if prompts is not None else text)
+    encoders = text_encoders(pipe) if prompts is not None else []
+    with torch.no_grad(), adapters_disabled(pipe.unet, *encoders):
+        ref = errors(_encode(pipe, prompts, _size(text, z_w, pipe)).to(text.embeds.device) if prompts is not None else text)
     return err, ref
 
 
@@ -112,10 +115,17 @@ def _images_to_latents(pipe, images: list[np.ndarray], batch: int = 64) -> torch
     return torch.cat(out).float()
 
 
-def _encode(pipe, prompts: list[str]) -> torch.Tensor:
-    tok = pipe.tokenizer
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+def _encode(pipe, prompts: list[str], size: tuple[int, int] | None = None) -> Conditioning:
+    """The prompts' conditioning under the current (LoRA) text encoders; `size` (H, W) of the
+    training images sets SDXL's time ids."""
+    return encode_text(pipe, list(prompts), size)
+
+
+def _size(text: Conditioning, latents: torch.Tensor, pipe) -> tuple[int, int]:
+    """Image size (H, W): from SDXL's time ids when present, else from the latents."""
+    if text.time_ids is not None:
+        return int(text.time_ids[0, 4]), int(text.time_ids[0, 5])
+    return tuple(int(v) * pipe.vae_scale_factor for v in latents.shape[-2:])
 
 
 def _trainable(module) -> list[torch.nn.Parameter]:
@@ -140,8 +150,8 @@ def _load_checkpoint(out: Path, modules: dict, optimizer) -> int:
 
 
 def prepare_lora(pipe, cfg: SFTConfig, init_lora: str | Path | None = None) -> dict:
-    """Put trainable LoRA adapters named 'default' on the U-Net (and text encoder): fresh, or
-    loaded from a previous round's file (round k+1 continues round k's model)."""
+    """Put trainable LoRA adapters named 'default' on the U-Net (and text encoders: SDXL has
+    two): fresh, or loaded from a previous round's file (round k+1 continues round k's model)."""
     from rewardiff.models.lora import add_lora
 
     if init_lora is not None:
@@ -149,13 +159,15 @@ def prepare_lora(pipe, cfg: SFTConfig, init_lora: str | Path | None = None) -> d
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="default")
     else:
         add_lora(pipe.unet, rank=cfg.rank, alpha=cfg.alpha)
-        if cfg.train_text_encoder:
-            add_lora(pipe.text_encoder, rank=cfg.rank, alpha=cfg.alpha)
     modules = {"unet": pipe.unet}
     if cfg.train_text_encoder:
-        if not any("lora_" in n for n, _ in pipe.text_encoder.named_parameters()):
-            add_lora(pipe.text_encoder, rank=cfg.rank, alpha=cfg.alpha)
-        modules["text_encoder"] = pipe.text_encoder
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(pipe, name, None)
+            if encoder is None:
+                continue
+            if not any("lora_" in n for n, _ in encoder.named_parameters()):
+                add_lora(encoder, rank=cfg.rank, alpha=cfg.alpha)
+            modules[name] = encoder
     return modules
 
 
@@ -164,14 +176,11 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
     from tqdm.auto import tqdm
 
     from rewardiff.io_utils import write_folder_atomically
-    from rewardiff.models.lora import save_lora
-    from rewardiff.models.pipeline import is_sdxl
+    from rewardiff.models.lora import save_pipeline_lora
     from rewardiff.train_log import TrainLog
 
     if cfg.loss not in ("sft", "dpo"):
         raise RewardiffError(f"train.loss must be 'sft' or 'dpo', got {cfg.loss!r}")
-    if is_sdxl(pipe):
-        raise RewardiffError("LoRA SFT/DPO is implemented for SD 1.x / 2.x pipelines (one text encoder); SDXL is not supported yet")
     if not examples:
         raise RewardiffError("nothing to train on: the judge kept no candidate (lower the judge thresholds or write more prompts)")
     if cfg.loss == "dpo" and any(e.rejected is None for e in examples):
@@ -195,10 +204,13 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
     latents_w = _images_to_latents(pipe, [e.image for e in examples])
     latents_l = _images_to_latents(pipe, [e.rejected for e in examples]) if cfg.loss == "dpo" else None
     prompts = [e.prompt for e in examples]
+    size = tuple(int(v) for v in examples[0].image.shape[:2])  # SDXL's time ids: uncropped images of this size
     cached_text = None
     if not cfg.train_text_encoder:
         with torch.no_grad():
-            cached_text = {p: e for p, e in zip(["", *dict.fromkeys(prompts)], _encode(pipe, ["", *dict.fromkeys(prompts)]))}
+            unique = ["", *dict.fromkeys(prompts)]
+            encoded = _encode(pipe, unique, size)
+            cached_text = {p: encoded[i:i + 1] for i, p in enumerate(unique)}
     device = pipe.unet.device
     log = TrainLog(out)
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train ({cfg.loss})", unit="step", disable=not progress)
@@ -208,9 +220,9 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
         idx = [rng.randrange(len(examples)) for _ in range(min(cfg.batch_size, len(examples)))]
         batch_prompts = ["" if rng.random() < cfg.cond_dropout else prompts[i] for i in idx]
         if cached_text is not None:
-            text = torch.stack([cached_text[p] for p in batch_prompts]).to(device)
+            text = Conditioning.cat([cached_text[p] for p in batch_prompts]).to(device)
         else:
-            text = _encode(pipe, batch_prompts)
+            text = _encode(pipe, batch_prompts, size)
         z0 = latents_w[idx].to(device)
         if cfg.loss == "sft":
             loss = denoising_loss(pipe.unet, scheduler, z0, text, gen, cfg.snr_gamma, cfg.timesteps)
@@ -237,5 +249,5 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
     log.close()
     for m in modules.values():
         m.eval()
-    write_folder_atomically(out / "lora", lambda tmp: save_lora(tmp / LORA_FILE, unet=pipe.unet, text_encoder=modules.get("text_encoder")))
+    write_folder_atomically(out / "lora", lambda tmp: save_pipeline_lora(tmp / LORA_FILE, pipe, modules))
     return final

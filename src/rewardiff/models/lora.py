@@ -184,10 +184,11 @@ def _adapter_metadata(module) -> dict | None:
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in configs[name].to_dict().items()}
 
 
-def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None) -> Path:
-    """Write the adapters of a U-Net and/or text encoder as one diffusers LoRA safetensors file.
+def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None, text_encoder_2=None) -> Path:
+    """Write the adapters of a U-Net and/or text encoder(s) as one diffusers LoRA safetensors file.
 
-    The result opens with `pipe.load_lora_weights(dir, weight_name=file)`.
+    The result opens with `pipe.load_lora_weights(dir, weight_name=file)`. `text_encoder_2`
+    (SDXL) makes the file an SDXL LoRA (written by `StableDiffusionXLPipeline.save_lora_weights`).
     """
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -196,10 +197,14 @@ def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None)
     path = Path(path)
     if path.suffix != ".safetensors":
         raise RewardiffError(f"LoRA output must be a .safetensors file, got {path}")
-    if unet is None and text_encoder is None:
+    if unet is None and text_encoder is None and text_encoder_2 is None:
         raise RewardiffError("save_lora needs a U-Net or a text encoder with a LoRA adapter")
+    if text_encoder_2 is not None and pipeline_cls is None:
+        from diffusers import StableDiffusionXLPipeline
+
+        pipeline_cls = StableDiffusionXLPipeline
     layers = {}
-    for name, module in (("unet", unet), ("text_encoder", text_encoder)):
+    for name, module in (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
         if module is not None:
             layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
             # rank and alpha travel with the tensors (diffusers' lora_adapter_metadata), so a LoRA
@@ -209,6 +214,13 @@ def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None)
     path.parent.mkdir(parents=True, exist_ok=True)
     cls.save_lora_weights(str(path.parent), weight_name=path.name, safe_serialization=True, **layers)
     return path
+
+
+def save_pipeline_lora(path: str | Path, pipe, modules: dict) -> Path:
+    """`save_lora` of the trained modules of `pipe` ({'unet' | 'text_encoder' | 'text_encoder_2':
+    module}), in the format of the pipeline's own class (SD or SDXL)."""
+    return save_lora(path, unet=modules.get("unet"), text_encoder=modules.get("text_encoder"),
+                     text_encoder_2=modules.get("text_encoder_2"), pipeline_cls=type(pipe) if hasattr(type(pipe), "save_lora_weights") else None)
 
 
 # ---------------------------------------------------------------------------------------------
