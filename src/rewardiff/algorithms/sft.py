@@ -36,6 +36,7 @@ from rewardiff.diffusion.conditioning import Conditioning, as_conditioning, enco
 from rewardiff.diffusion.training_loss import denoising_loss, diffusion_target, sample_timesteps, timestep_bounds
 from rewardiff.errors import RewardiffError
 from rewardiff.models.lora import adapters_disabled
+from rewardiff.runtime import Runtime, check_precision, enable_gradient_checkpointing
 
 CHECKPOINT = "checkpoint"
 LORA_FILE = "lora.safetensors"
@@ -57,6 +58,10 @@ class SFTConfig:
     dpo_sft_weight: float = 0.0  # + this x SFT loss on the chosen images (0 = pure DPO)
     timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # train on this fraction of the schedule; [0.6, 1.0] = the noisiest 40%, where layout forms (not the fine detail of the model's own artefacts)
     grad_clip: float = 1.0  # max global grad norm
+    gradient_accumulation: int = 1  # micro-batches of batch_size per optimiser step
+    mixed_precision: str = "no"  # forward passes in no | bf16 | fp16 (autocast; LoRA master weights fp32; fp16 adds a grad scaler)
+    gradient_checkpointing: bool = False  # recompute U-Net / text-encoder activations in backward (memory for time)
+    allow_tf32: bool = False  # TF32 matmuls and convolutions on CUDA
     checkpoint_every: int = 100  # steps between resumable checkpoints
     seed: int = 0
 
@@ -171,8 +176,12 @@ def prepare_lora(pipe, cfg: SFTConfig, init_lora: str | Path | None = None) -> d
     return modules
 
 
-def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Path, init_lora: str | Path | None = None, progress: bool = True) -> Path:
-    """Train (resuming from OUT/checkpoint) and write OUT/lora/lora.safetensors (diffusers format)."""
+def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Path, init_lora: str | Path | None = None, progress: bool = True,
+               runtime: Runtime | None = None) -> Path:
+    """Train (resuming from OUT/checkpoint) and write OUT/lora/lora.safetensors (diffusers format).
+
+    `runtime` (default: one process on the pipeline's device, cfg's precision): under
+    `accelerate launch` each process trains on its shard of every batch, gradients averaged."""
     from tqdm.auto import tqdm
 
     from rewardiff.io_utils import write_folder_atomically
@@ -185,6 +194,9 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
         raise RewardiffError("nothing to train on: the judge kept no candidate (lower the judge thresholds or write more prompts)")
     if cfg.loss == "dpo" and any(e.rejected is None for e in examples):
         raise RewardiffError("DPO needs a rejected image for every example (best-vs-worst pairs)")
+    if cfg.gradient_accumulation < 1:
+        raise RewardiffError(f"train.gradient_accumulation must be >= 1, got {cfg.gradient_accumulation}")
+    check_precision(cfg.mixed_precision, str(pipe.unet.device))
     timestep_bounds(pipe.scheduler, cfg.timesteps)  # a bad range fails before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,11 +204,16 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
     if final.is_file():
         return final
 
+    runtime = runtime or Runtime(str(pipe.unet.device), cfg.mixed_precision, cfg.allow_tf32)
     torch.manual_seed(cfg.seed)  # the LoRA's random init (A matrices) must not depend on earlier work in the process
     modules = prepare_lora(pipe, cfg, init_lora)
     params = [p for m in modules.values() for p in _trainable(m)]
+    for p in params:
+        p.data = p.data.float()  # LoRA master weights in float32 on a half-precision pipeline
     for m in modules.values():
         m.train()
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(list(modules.values()))
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = _load_checkpoint(out, modules, optimizer)
 
@@ -211,43 +228,64 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
             unique = ["", *dict.fromkeys(prompts)]
             encoded = _encode(pipe, unique, size)
             cached_text = {p: encoded[i:i + 1] for i, p in enumerate(unique)}
-    device = pipe.unet.device
-    log = TrainLog(out)
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train ({cfg.loss})", unit="step", disable=not progress)
+    log = TrainLog(out) if runtime.is_main else None
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train ({cfg.loss})", unit="step", disable=not (progress and runtime.is_main))
     for step in range(start, cfg.steps):
-        rng = random.Random(cfg.seed * 1_000_003 + step)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = [rng.randrange(len(examples)) for _ in range(min(cfg.batch_size, len(examples)))]
-        batch_prompts = ["" if rng.random() < cfg.cond_dropout else prompts[i] for i in idx]
-        if cached_text is not None:
-            text = Conditioning.cat([cached_text[p] for p in batch_prompts]).to(device)
-        else:
-            text = _encode(pipe, batch_prompts, size)
-        z0 = latents_w[idx].to(device)
-        if cfg.loss == "sft":
-            loss = denoising_loss(pipe.unet, scheduler, z0, text, gen, cfg.snr_gamma, cfg.timesteps)
-            metrics = {}
-        else:
-            noise = torch.randn(z0.shape, generator=gen).to(device)
-            t = sample_timesteps(scheduler, len(idx), gen, cfg.timesteps).to(device)
-            zl = latents_l[idx].to(device)
-            err, ref = dpo_errors(pipe, z0, zl, noise, t, text, batch_prompts if cfg.train_text_encoder else None)
-            b = len(idx)
-            loss, metrics = diffusion_dpo_loss(err[:b], err[b:], ref[:b], ref[b:], cfg.dpo_beta)
-            if cfg.dpo_sft_weight:
-                loss = loss + cfg.dpo_sft_weight * err[:b].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        log.log(cfg.loss, step + 1, loss=loss.item(), grad_norm=grad_norm.item(), **metrics)
+        losses, metrics = [], {}
+        for micro in range(cfg.gradient_accumulation):
+            with runtime.autocast():
+                loss, metrics = _micro_step(pipe, cfg, step, micro, runtime, examples, prompts, latents_w, latents_l, cached_text, size)
+            runtime.backward(loss / cfg.gradient_accumulation)
+            losses.append(float(loss.detach()))
+        grad_norm = runtime.step(params, optimizer, cfg.grad_clip, reduce="mean")
+        mean_loss = runtime.sum([sum(losses) / len(losses)])[0] / runtime.num_processes
+        if log is not None:
+            log.log(cfg.loss, step + 1, loss=mean_loss, grad_norm=grad_norm, **metrics)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(out, modules, optimizer, step + 1)
+            if runtime.is_main:
+                _save_checkpoint(out, modules, optimizer, step + 1)
+            runtime.wait()
     bar.close()
-    log.close()
+    if log is not None:
+        log.close()
     for m in modules.values():
         m.eval()
-    write_folder_atomically(out / "lora", lambda tmp: save_pipeline_lora(tmp / LORA_FILE, pipe, modules))
+    if runtime.is_main:
+        write_folder_atomically(out / "lora", lambda tmp: save_pipeline_lora(tmp / LORA_FILE, pipe, modules))
+    runtime.wait()
     return final
+
+
+def _micro_step(pipe, cfg: SFTConfig, step: int, micro: int, runtime: Runtime, examples: list[TrainExample], prompts: list[str],
+                latents_w: torch.Tensor, latents_l: torch.Tensor | None, cached_text: dict | None,
+                size: tuple[int, int]) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, metrics) of micro-batch `micro` of optimiser step `step`: this process's shard of
+    the global batch drawn from RNGs seeded by (seed, step, micro); its noise and timesteps from a
+    generator of (seed, step, micro, process) (micro 0 of one process: the seeds of before)."""
+    key = cfg.seed * 1_000_003 + step
+    rng = random.Random(key if micro == 0 else f"{key}:{micro}")
+    noise_key = key if micro == 0 and runtime.process_index == 0 else int(np.random.SeedSequence([key, micro, runtime.process_index]).generate_state(1)[0])
+    gen = torch.Generator().manual_seed(noise_key)
+    idx = [rng.randrange(len(examples)) for _ in range(min(cfg.batch_size, len(examples)))]
+    batch_prompts = ["" if rng.random() < cfg.cond_dropout else prompts[i] for i in idx]
+    part = runtime.shard(len(idx), "examples per batch")
+    idx, batch_prompts = idx[part], batch_prompts[part]
+    device = pipe.unet.device
+    if cached_text is not None:
+        text = Conditioning.cat([cached_text[p] for p in batch_prompts]).to(device)
+    else:
+        text = _encode(pipe, batch_prompts, size)
+    z0 = latents_w[idx].to(device)
+    if cfg.loss == "sft":
+        return denoising_loss(pipe.unet, pipe.scheduler, z0, text, gen, cfg.snr_gamma, cfg.timesteps), {}
+    noise = torch.randn(z0.shape, generator=gen).to(device)
+    t = sample_timesteps(pipe.scheduler, len(idx), gen, cfg.timesteps).to(device)
+    zl = latents_l[idx].to(device)
+    err, ref = dpo_errors(pipe, z0, zl, noise, t, text, batch_prompts if cfg.train_text_encoder else None)
+    b = len(idx)
+    loss, metrics = diffusion_dpo_loss(err[:b], err[b:], ref[:b], ref[b:], cfg.dpo_beta)
+    if cfg.dpo_sft_weight:
+        loss = loss + cfg.dpo_sft_weight * err[:b].mean()
+    return loss, metrics
