@@ -157,6 +157,16 @@ class Runtime:
         self.state.wait_for_everyone()
 
 
+def process_device(device: str) -> str:
+    """Where this process loads its models: under `accelerate launch` with cuda, its own GPU
+    (so eight processes do not all load onto GPU 0 first); otherwise `device` as given."""
+    import os
+
+    if str(device).startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return str(Runtime(device).device)
+    return str(device)
+
+
 def enable_gradient_checkpointing(modules: list) -> None:
     """Recompute activations in backward (memory for time) on U-Nets (diffusers) and text
     encoders (transformers); LoRA inputs keep their grad through peft's layers."""
