@@ -23,3 +23,10 @@ def tiny_sdxl_dir(tmp_path_factory) -> Path:
     from tiny_models import build_tiny_sdxl
 
     return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_dir(tmp_path_factory) -> Path:
+    from tiny_models import build_tiny_sd2
+
+    return build_tiny_sd2(tmp_path_factory.mktemp("models") / "tiny-sd2")

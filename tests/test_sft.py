@@ -152,7 +152,7 @@ def test_sft_lowers_loss_on_its_data(tmp_path, snr_gamma):
         noise = torch.randn(z0.shape, generator=g)
         t = torch.randint(0, 1000, (z0.shape[0],), generator=g)
         with torch.no_grad():
-            text = _encode(pipe, [e.prompt for e in ex] * 8)
+            text = _encode(pipe, [e.prompt for e in ex] * 8).embeds
             pred = pipe.unet(pipe.scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=text).sample
         per_example = ((pred - diffusion_target(pipe.scheduler, z0, noise, t)) ** 2).mean(dim=(1, 2, 3))
         return float((per_example * min_snr_weight(pipe.scheduler, t, snr_gamma)).mean())
@@ -205,7 +205,7 @@ def test_dpo_reference_is_the_base_model_including_the_text_encoder():
     torch.testing.assert_close(ref, base_err)  # the reference is the base model
     torch.testing.assert_close(base_ref, base_err)  # (no adapters: reference = policy)
     # the adapters are back on, trainability as before
-    assert torch.equal(_encode(pipe, prompts), text)
+    assert torch.equal(_encode(pipe, prompts).embeds, text.embeds)
     assert grads == {n: p.requires_grad for n, p in pipe.text_encoder.named_parameters()}
 
 

@@ -53,6 +53,32 @@ def build_tiny_sd(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def build_tiny_sd2(path: Path, seed: int = 0) -> Path:
+    """A random SD-2.x-shaped pipeline: v-prediction, linear projections in the transformer blocks,
+    per-block head dims (what distinguishes SD 2.x from 1.x at the config level)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from rewardiff.shapes.tokenizer import build_tokenizer
+
+    torch.manual_seed(seed)
+    tok = build_tokenizer(path.parent / f"{path.name}-tok")
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=8, attention_head_dim=(2, 4), use_linear_projection=True,
+    )
+    text = _text_config(tok, 32)
+    text.hidden_act = "gelu"
+    pipe = StableDiffusionPipeline(
+        vae=_vae(), text_encoder=CLIPTextModel(text), tokenizer=tok, unet=unet,
+        scheduler=DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
 def build_tiny_sdxl(path: Path, seed: int = 0) -> Path:
     """A random StableDiffusionXLPipeline (two text encoders, text_time conditioning)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel

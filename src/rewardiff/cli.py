@@ -117,6 +117,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_train_refl(args: argparse.Namespace) -> int:
     from rewardiff.algorithms.refl import ReFLConfig, train_refl
+    from rewardiff.runtime import process_device
     from rewardiff.generation import check_prompts_for_model, read_prompts
     from rewardiff.models.pipeline import load_pipeline
     from rewardiff.rewards.registry import build_rewards
@@ -124,8 +125,9 @@ def _cmd_train_refl(args: argparse.Namespace) -> int:
     cfg = _load(ReFLConfig, args, {"out": args.out, "reward": args.reward or None, "seed": args.seed, "device": args.device,
                                    "lora_format": args.lora_format})
     check_prompts_for_model(read_prompts(cfg.prompts), cfg.model)  # before loading anything
-    pipe, _ = load_pipeline(cfg.model, device=cfg.device)
-    path = train_refl(cfg, pipe, build_rewards(cfg.reward, device=cfg.device))
+    device = process_device(cfg.device)  # this process's GPU under accelerate launch
+    pipe, _ = load_pipeline(cfg.model, device=device)
+    path = train_refl(cfg, pipe, build_rewards(cfg.reward, device=device))
     print(f"LoRA written to {path} (run: {cfg.out}: checkpoint/, train_log.jsonl, config.yaml)")
     _report_at_end(cfg.out)
     return 0
@@ -133,6 +135,7 @@ def _cmd_train_refl(args: argparse.Namespace) -> int:
 
 def _cmd_train_ddpo(args: argparse.Namespace) -> int:
     from rewardiff.algorithms.ddpo import DDPOConfig, train_ddpo, validate
+    from rewardiff.runtime import process_device
     from rewardiff.generation import check_prompts_for_model, read_prompts
     from rewardiff.models.pipeline import load_pipeline, resolve_dtype
     from rewardiff.rewards.registry import build_rewards
@@ -141,8 +144,9 @@ def _cmd_train_ddpo(args: argparse.Namespace) -> int:
                                    "seed": args.seed, "device": args.device, "lora_format": args.lora_format})
     validate(cfg)  # before loading anything (train_ddpo checks again)
     check_prompts_for_model(read_prompts(cfg.prompts), cfg.model)
-    pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device))
-    result = train_ddpo(cfg, pipe, build_rewards(cfg.reward, device=cfg.device))
+    device = process_device(cfg.device)  # this process's GPU under accelerate launch
+    pipe, _ = load_pipeline(cfg.model, device=device, dtype=resolve_dtype(cfg.dtype, cfg.device))
+    result = train_ddpo(cfg, pipe, build_rewards(cfg.reward, device=device))
     print(f"LoRA written to {result.lora} ({result.cpu_minutes:.1f} CPU-minutes)")
     _report_at_end(cfg.out)
     return 0

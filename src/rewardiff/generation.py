@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from rewardiff.errors import RewardiffError
-from rewardiff.io_utils import append_jsonl, read_jsonl, save_png, write_json
+from rewardiff.io_utils import append_jsonl, read_jsonl, save_png
 from rewardiff.seeding import SEED_SCHEME, image_seed
 
 METADATA = "metadata.jsonl"

@@ -198,11 +198,15 @@ class RunFolder:
     settings: dict
     config: Any = None
     committed: bool = False
+    writer: bool = True  # False: a non-main process of a multi-process run, which writes no marker
 
     def commit(self) -> None:
         """The run starts writing: record the owner (run.json) and the resolved config.yaml."""
         from rewardiff.config import save_config
 
+        if not self.writer:
+            self.committed = True
+            return
         write_json(self.path / MARKER, {"command": self.command, "settings": self.settings})
         if self.config is not None:
             save_config(self.config, self.path / CONFIG)
@@ -242,6 +246,17 @@ def claim_run_folder(out: str | Path, command: str, settings: dict, config: Any 
     finally:
         if fd >= 0:
             _release(out, fd)
+
+
+@contextmanager
+def claim_run_folder_main(out: str | Path, command: str, settings: dict, config: Any, is_main: bool) -> Iterator[RunFolder]:
+    """`claim_run_folder` for a run of several processes (`accelerate launch`): the main process
+    owns, locks and marks the folder; the others get a folder that writes no marker."""
+    if is_main:
+        with claim_run_folder(out, command, settings, config) as folder:
+            yield folder
+    else:
+        yield RunFolder(Path(out), command, normalise(settings), None, writer=False)
 
 
 def _roll_back(out: Path, before: set[str]) -> None:

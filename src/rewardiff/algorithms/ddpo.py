@@ -38,6 +38,7 @@ The algorithm never loads a model: the pipeline and the reward are injected (the
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -50,17 +51,19 @@ import torch
 from rewardiff.algorithms.advantages import MODES, PerPromptStatTracker, compute_advantages
 from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
 from rewardiff.config import to_dict
-from rewardiff.diffusion import ddim_step_with_logprob, encode_prompts, guided_model_output, sample_trajectories
+from rewardiff.diffusion.conditioning import backward_leaves
+from rewardiff.diffusion import Conditioning, ddim_step_with_logprob, encode_prompts, guided_model_output, sample_trajectories
 from rewardiff.errors import RewardiffError
 from rewardiff.io_utils import write_json
+from rewardiff.runtime import Runtime
 
 TARGETS = ("unet", "text_encoder", "both")
 CHECKPOINT = "checkpoint"
 LORA_FILE = "lora.safetensors"
 SUMMARY = "summary.json"
-NOT_IN_SIGNATURE = ("epochs", "save_every", "out", "threads", "device", "lora_format")
-"""Fields a resumed run may change (run longer, elsewhere, with more threads, LoRA file format); any other change
-means a different run."""
+NOT_IN_SIGNATURE = ("epochs", "save_every", "out", "threads", "device", "lora_format", "mixed_precision", "allow_tf32", "gradient_checkpointing")
+"""Fields a resumed run may change (run longer, elsewhere, with more threads or processes, in
+another precision or LoRA file format); any other change means a different run."""
 
 
 @dataclass
@@ -104,6 +107,9 @@ class DDPOConfig:
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     device: str = "cpu"  # cpu, cuda, cuda:1, mps
     dtype: str = "float32"  # weights dtype: float32 (LoRA training), float16, bfloat16, auto
+    mixed_precision: str = "no"  # forward passes in no | bf16 | fp16 (autocast; LoRA master weights stay fp32; fp16 adds a grad scaler)
+    gradient_checkpointing: bool = False  # recompute U-Net / text-encoder activations in backward (memory for time)
+    allow_tf32: bool = False  # TF32 matmuls and convolutions on CUDA (Ampere+)
 
 
 @dataclass
@@ -114,8 +120,8 @@ class Samples:
     latents: torch.Tensor  # (N, K+1, C, H, W)
     log_probs: torch.Tensor  # (N, K) under the sampling policy
     timesteps: torch.Tensor  # (K,)
-    prompt_embeds: torch.Tensor  # (N, L, D)
-    negative_prompt_embeds: torch.Tensor  # (N, L, D)
+    cond: Conditioning  # (N rows) prompt conditioning (SDXL: pooled embeds + time ids)
+    uncond: Conditioning  # (N rows) negative-prompt conditioning
     rewards: torch.Tensor  # (N,)
     advantages: torch.Tensor | None = None  # (N,) clipped
 
@@ -184,6 +190,9 @@ def validate(cfg: DDPOConfig) -> None:
         raise RewardiffError(f"images per epoch ({cfg.sample_batch_size} x {cfg.sample_batches}) must be a multiple of samples_per_prompt ({cfg.samples_per_prompt})")
     if not cfg.reward:
         raise RewardiffError("no reward: give at least one --reward SPEC")
+    from rewardiff.runtime import check_precision
+
+    check_precision(cfg.mixed_precision, cfg.device)
     if cfg.reuse_sampling_forward and not (cfg.inner_epochs == 1 and cfg.timestep_fraction == 1.0 and list(cfg.train_window) == [0.0, 1.0] and
                                            cfg.train_batch_size * cfg.gradient_accumulation >= cfg.sample_batch_size * cfg.sample_batches):
         raise RewardiffError("reuse_sampling_forward needs one optimiser step per epoch on the sampling weights: inner_epochs 1, "
@@ -222,28 +231,35 @@ class Policy:
         self.train_text = cfg.target in ("text_encoder", "both")
         if self.train_unet:
             add_lora(pipe.unet, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
-        if self.train_text:
-            add_lora(pipe.text_encoder, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
-        self.modules = {name: getattr(pipe, name) for name, on in (("unet", self.train_unet), ("text_encoder", self.train_text)) if on}
+        text_names = [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None] if self.train_text else []
+        for name in text_names:  # SDXL: TexForce adapts both text encoders
+            add_lora(getattr(pipe, name), rank=cfg.lora_rank, alpha=cfg.lora_alpha)
+        self.modules = {name: getattr(pipe, name) for name in (["unet"] if self.train_unet else []) + text_names}
         self.named = {f"{m}.{n}": p for m, module in self.modules.items() for n, p in module.named_parameters() if p.requires_grad}
         if not self.named:
             raise RewardiffError("no trainable LoRA parameters were created")
         for p in self.named.values():
             p.data = p.data.float()  # LoRA weights train in float32 even on a float16 pipeline
+        if cfg.gradient_checkpointing:
+            from rewardiff.runtime import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(list(self.modules.values()))
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.named.values())
 
     def save_lora(self, path: Path, lora_format: str = "diffusers") -> Path:
-        from rewardiff.models.lora import save_lora
+        from rewardiff.models.lora import save_pipeline_lora
 
-        return save_lora(path, unet=self.modules.get("unet"), text_encoder=self.modules.get("text_encoder"), lora_format=lora_format)
+        return save_pipeline_lora(path, self.pipe, self.modules, lora_format)
 
 
-def sample_epoch(pipe, reward, prompts: list[str], seeds: list[int], cfg: DDPOConfig, rescale: float) -> Samples:
-    """Sample and score one epoch's trajectories under no_grad."""
+def sample_epoch(pipe, reward, prompts: list[str], seeds: list[int], cfg: DDPOConfig, rescale: float,
+                 runtime: Runtime | None = None) -> Samples:
+    """Sample and score one epoch's trajectories under no_grad (this process's share)."""
     parts = []
-    with torch.no_grad():
+    autocast = runtime.autocast() if runtime is not None else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
         for start in range(0, len(prompts), cfg.sample_batch_size):
             p, s = prompts[start:start + cfg.sample_batch_size], seeds[start:start + cfg.sample_batch_size]
             traj = sample_trajectories(pipe, p, seeds=s, steps=cfg.steps, guidance=cfg.guidance, guidance_rescale=rescale, eta=cfg.eta)
@@ -254,37 +270,41 @@ def sample_epoch(pipe, reward, prompts: list[str], seeds: list[int], cfg: DDPOCo
         latents=torch.cat([t.latents for t in trajs]),
         log_probs=torch.cat([t.log_probs for t in trajs]),
         timesteps=trajs[0].timesteps,
-        prompt_embeds=torch.cat([t.prompt_embeds for t in trajs]),
-        negative_prompt_embeds=torch.cat([t.negative_prompt_embeds for t in trajs]),
+        cond=Conditioning.cat([t.cond for t in trajs]),
+        uncond=Conditioning.cat([t.uncond for t in trajs]),
         rewards=torch.cat([s for _, s in parts]),
     )
 
 
 def fused_epoch(pipe, policy: Policy, optimizer: torch.optim.Optimizer, reward, prompts: list[str], seeds: list[int],
-                cfg: DDPOConfig, rescale: float, tracker: PerPromptStatTracker | None) -> tuple[torch.Tensor, dict[str, float]]:
+                cfg: DDPOConfig, rescale: float, tracker: PerPromptStatTracker | None,
+                runtime: Runtime | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Sample under grad, score, and make the epoch's single PPO step from the sampling graph.
 
     ratio = exp(lp - lp.detach()) is 1 with the gradient of lp: the first PPO step's value and
-    gradient without a second forward. Returns the rewards (N,) and the update statistics.
+    gradient without a second forward. `prompts` / `seeds` are the epoch's global lists; this
+    process samples its shard. Returns the global rewards (N,) and the update statistics.
     """
+    runtime = runtime or Runtime(cfg.device)
+    part = runtime.shard(len(prompts), "images per epoch")
+    mine, my_seeds = prompts[part], seeds[part]
     log_probs, rewards = [], []
     with torch.enable_grad():
-        for start in range(0, len(prompts), cfg.sample_batch_size):
-            p, s = prompts[start:start + cfg.sample_batch_size], seeds[start:start + cfg.sample_batch_size]
-            traj = sample_trajectories(pipe, p, seeds=s, steps=cfg.steps, guidance=cfg.guidance, guidance_rescale=rescale,
-                                       eta=cfg.eta, detach_chain=True)
-            rewards.append(_score(reward, traj.images, p))
-            log_probs.append(traj.log_probs)
-        r = torch.cat(rewards)
-        adv = compute_advantages(cfg.advantages, prompts, r, tracker).clamp(-cfg.adv_clip_max, cfg.adv_clip_max)
-        lp = torch.cat(log_probs)  # (N, K), graph to the weights
+        with runtime.autocast():
+            for start in range(0, len(mine), cfg.sample_batch_size):
+                p, s = mine[start:start + cfg.sample_batch_size], my_seeds[start:start + cfg.sample_batch_size]
+                traj = sample_trajectories(pipe, p, seeds=s, steps=cfg.steps, guidance=cfg.guidance, guidance_rescale=rescale,
+                                           eta=cfg.eta, detach_chain=True)
+                rewards.append(_score(reward, traj.images, p))
+                log_probs.append(traj.log_probs)
+        r = runtime.gather(torch.cat(rewards))
+        adv = compute_advantages(cfg.advantages, prompts, r, tracker).clamp(-cfg.adv_clip_max, cfg.adv_clip_max)[part]
+        lp = torch.cat(log_probs)  # (N / processes, K), graph to the weights
         ratio = per_dim_ratio(lp - lp.detach(), traj.latents[0, 0].numel())
         loss = ppo_loss(adv.to(lp.device)[:, None].expand_as(lp), ratio, cfg.clip_range)
-        loss.backward()
-    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return r, {"loss": float(loss.detach()), "approx_kl": 0.0, "clipfrac": 0.0}
+        runtime.backward(loss)
+    runtime.step(policy.parameters(), optimizer, cfg.max_grad_norm, reduce="mean")  # equal shards: mean of means
+    return r, {"loss": runtime.sum([float(loss.detach())])[0] / runtime.num_processes, "approx_kl": 0.0, "clipfrac": 0.0}
 
 
 def _score(reward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -308,11 +328,19 @@ def window_positions(steps: int, window: Sequence[float]) -> torch.Tensor:
 
 
 def ppo_update(pipe, policy: Policy, optimizer: torch.optim.Optimizer, samples: Samples, cfg: DDPOConfig,
-               rescale: float, epoch: int) -> dict[str, float]:
-    """`inner_epochs` PPO passes over one epoch's samples; returns mean loss, approx KL, clip fraction."""
+               rescale: float, epoch: int, runtime: Runtime | None = None) -> dict[str, float]:
+    """`inner_epochs` PPO passes over one epoch's samples; returns mean loss, approx KL, clip fraction.
+
+    With several processes `samples` is this process's shard (global samples [lo, lo + n_local)):
+    minibatch order and per-sample timesteps are drawn over the global N as one process draws
+    them, each process runs its rows of every minibatch, each loss is normalised by the global
+    rows of its optimiser step, and the gradients are summed over processes: the update of one
+    process holding everything, up to float summation order."""
+    runtime = runtime or Runtime(cfg.device)
     scheduler = pipe.scheduler
     scheduler.set_timesteps(cfg.steps, device=pipe.unet.device)
-    n, k = samples.log_probs.shape
+    n_local, k = samples.log_probs.shape
+    n, lo = n_local * runtime.num_processes, n_local * runtime.process_index
     window = window_positions(k, cfg.train_window)
     n_train = max(1, int(len(window) * cfg.timestep_fraction))
     chunk = cfg.timestep_batch if cfg.timestep_batch > 0 else n_train
@@ -325,19 +353,27 @@ def ppo_update(pipe, policy: Policy, optimizer: torch.optim.Optimizer, samples: 
         # per-sample random timesteps, as ddpo-pytorch: sample b trains on steps perms[b, :n_train]
         perms = window[torch.stack([torch.randperm(len(window), generator=g) for _ in range(n)])[:, :n_train]]
         minibatches = [order[i:i + cfg.train_batch_size] for i in range(0, n, cfg.train_batch_size)]
-        for mb_index, idx in enumerate(minibatches):
+        for mb_index, idx_global in enumerate(minibatches):
             group_start = mb_index - mb_index % cfg.gradient_accumulation
             group = minibatches[group_start:group_start + cfg.gradient_accumulation]
             rows_per_step = sum(len(m) for m in group) * n_train
+            last_of_group = mb_index == group_start + len(group) - 1
+            idx = idx_global[(idx_global >= lo) & (idx_global < lo + n_local)] - lo  # this process's rows
+            if len(idx) == 0:
+                if last_of_group:
+                    runtime.step(policy.parameters(), optimizer, cfg.max_grad_norm, reduce="sum")
+                continue
             prompts = [samples.prompts[i] for i in idx.tolist()]
             if policy.train_text:
-                cond, uncond = encode_prompts(pipe, prompts)
-                cond_leaf, uncond_leaf = cond.detach().requires_grad_(), uncond.detach().requires_grad_()
+                size = tuple(int(v) * pipe.vae_scale_factor for v in samples.latents.shape[-2:])
+                with runtime.autocast():
+                    cond, uncond = encode_prompts(pipe, prompts, size=size)
+                cond_leaf, uncond_leaf = cond.leaf(), uncond.leaf()
             else:
-                cond_leaf, uncond_leaf = samples.prompt_embeds[idx], samples.negative_prompt_embeds[idx]
+                cond_leaf, uncond_leaf = samples.cond[idx], samples.uncond[idx]
             adv = samples.advantages[idx].to(device)
             for j0 in range(0, n_train, chunk):
-                cols = perms[idx, j0:j0 + chunk]  # (b, c) trajectory positions
+                cols = perms[idx + lo, j0:j0 + chunk]  # (b, c) trajectory positions
                 c = cols.shape[1]
                 rows_b = idx.repeat_interleave(c)  # row r = (sample r // c, position cols[r // c, r % c])
                 pos = cols.reshape(-1)
@@ -345,12 +381,13 @@ def ppo_update(pipe, policy: Policy, optimizer: torch.optim.Optimizer, samples: 
                 x_prev = samples.latents[rows_b, pos + 1]
                 t = samples.timesteps[pos]
                 local = torch.arange(len(idx)).repeat_interleave(c)
-                out = guided_model_output(pipe.unet, x_t, t, cond_leaf[local], uncond_leaf[local], cfg.guidance, rescale)
+                with runtime.autocast():
+                    out = guided_model_output(pipe.unet, x_t, t, cond_leaf[local], uncond_leaf[local], cfg.guidance, rescale)
                 step = ddim_step_with_logprob(scheduler, out, t, x_t, eta=cfg.eta, prev_sample=x_prev)
                 log_ratio = step.log_prob - samples.log_probs[rows_b, pos]
                 ratio = per_dim_ratio(log_ratio, x_t[0].numel())
                 loss = ppo_loss(adv[local], ratio, cfg.clip_range)
-                (loss * (len(rows_b) / rows_per_step)).backward()
+                runtime.backward(loss * (len(rows_b) / rows_per_step))
                 with torch.no_grad():
                     rows = len(rows_b)
                     totals["loss"] += float(loss) * rows
@@ -358,15 +395,13 @@ def ppo_update(pipe, policy: Policy, optimizer: torch.optim.Optimizer, samples: 
                     totals["clipfrac"] += float(((ratio - 1.0).abs() > cfg.clip_range).float().mean()) * rows
                     rows_seen += rows
             if policy.train_text:  # one text-encoder backward for all timesteps of the minibatch
-                # without guidance (scale <= 1, e.g. SD-Turbo) the uncond leaf is unused and has no grad
-                pairs = [(e, leaf.grad) for e, leaf in ((cond, cond_leaf), (uncond, uncond_leaf)) if leaf.grad is not None]
-                if pairs:
-                    torch.autograd.backward([e for e, _ in pairs], [g for _, g in pairs])
-            if mb_index == group_start + len(group) - 1:
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-    return {key: value / max(1, rows_seen) for key, value in totals.items()}
+                # without guidance (scale <= 1, e.g. SD-Turbo) the uncond leaf is unused and has no grad;
+                # SDXL's zero negative prompt has no graph to the encoders at all
+                backward_leaves([(cond, cond_leaf), (uncond, uncond_leaf)])
+            if last_of_group:
+                runtime.step(policy.parameters(), optimizer, cfg.max_grad_norm, reduce="sum")
+    *sums, rows_seen = runtime.sum([totals["loss"], totals["approx_kl"], totals["clipfrac"], float(rows_seen)])
+    return {key: value / max(1.0, rows_seen) for key, value in zip(totals, sums)}
 
 
 def _rng_state() -> dict:
@@ -428,31 +463,36 @@ class DDPOResult:
     cpu_minutes: float
 
 
-def train_ddpo(cfg: DDPOConfig, pipe, reward, progress: bool = True) -> DDPOResult:
+def train_ddpo(cfg: DDPOConfig, pipe, reward, progress: bool = True, runtime: Runtime | None = None) -> DDPOResult:
     """Train LoRA adapters of `pipe` by DDPO on `reward`; resumes from OUT/checkpoint.
 
-    `pipe`: an SD 1.x / 2.x pipeline (frozen, as `load_pipeline` returns it); `reward`: a
-    `rewardiff.rewards.base.Reward` (called under no_grad). Returns the LoRA path and history.
+    `pipe`: an SD 1.x / 2.x or SDXL pipeline (frozen, as `load_pipeline` returns it); `reward`: a
+    `rewardiff.rewards.base.Reward` (called under no_grad). Under `accelerate launch` each
+    process samples its share of every epoch (`runtime`, default from cfg); the rewards are
+    gathered, every process holds the same LoRA, and the main process writes. Returns the LoRA
+    path and history.
     """
     from rewardiff.generation import check_prompts_for_model, read_prompts
-    from rewardiff.train_log import RecordingReward, TrainLog
-    from rewardiff.run_folder import claim_run_folder
+    from rewardiff.run_folder import claim_run_folder_main
 
     validate(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    runtime = runtime or Runtime(cfg.device, cfg.mixed_precision, cfg.allow_tf32)
+    runtime.shard(cfg.sample_batch_size * cfg.sample_batches, "images per epoch")  # refuse an uneven split now
+    pipe.to(runtime.device)
     pool = read_prompts(cfg.prompts)
     check_prompts_for_model(pool, cfg.model)
     rescale = default_guidance_rescale(cfg)
-    with claim_run_folder(cfg.out, "train ddpo", _signature(cfg), config=cfg) as folder:
-        return _train_in(folder, cfg, pipe, reward, pool, rescale, progress)
+    with claim_run_folder_main(cfg.out, "train ddpo", _signature(cfg), cfg, runtime.is_main) as folder:
+        return _train_in(folder, cfg, pipe, reward, pool, rescale, progress, runtime)
 
 
-def _train_in(folder, cfg: DDPOConfig, pipe, reward, pool: list[str], rescale: float, progress: bool) -> DDPOResult:
+def _train_in(folder, cfg: DDPOConfig, pipe, reward, pool: list[str], rescale: float, progress: bool, runtime: Runtime) -> DDPOResult:
     """train_ddpo's work, in the claimed run folder."""
     from tqdm.auto import tqdm
 
-    from rewardiff.train_log import TrainLog
+    from rewardiff.train_log import RecordingReward, TrainLog
 
     out = folder.path
     policy = Policy(pipe, cfg)
@@ -460,39 +500,51 @@ def _train_in(folder, cfg: DDPOConfig, pipe, reward, pool: list[str], rescale: f
                                   weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     tracker = PerPromptStatTracker(cfg.tracker_buffer, cfg.tracker_min_count)
     done, cpu_before, history = load_checkpoint(out, policy, optimizer, tracker, cfg)
+    main = runtime.is_main
     folder.commit()
-    log = TrainLog(out)
+    log = TrainLog(out) if main else None
     reward = RecordingReward(reward)  # its last samples go to the log every N epochs
-    log.keep_until("ddpo", done, step_key="epoch")
+    if log is not None:
+        log.keep_until("ddpo", done, step_key="epoch")
     cpu_start = time.process_time()
-    bar = tqdm(range(done, cfg.epochs), initial=done, total=cfg.epochs, desc=f"ddpo[{cfg.target}]", unit="epoch", disable=not progress)
+    bar = tqdm(range(done, cfg.epochs), initial=done, total=cfg.epochs, desc=f"ddpo[{cfg.target}]", unit="epoch", disable=not (progress and main))
     for epoch in bar:
-        prompts, seeds = epoch_prompts(pool, cfg, epoch)
+        prompts, seeds = epoch_prompts(pool, cfg, epoch)  # the global epoch, whatever the number of processes
         if cfg.reuse_sampling_forward:
-            rewards, stats = fused_epoch(pipe, policy, optimizer, reward, prompts, seeds, cfg, rescale, tracker)
+            rewards, stats = fused_epoch(pipe, policy, optimizer, reward, prompts, seeds, cfg, rescale, tracker, runtime)
         else:
-            samples = sample_epoch(pipe, reward, prompts, seeds, cfg, rescale)
-            adv = compute_advantages(cfg.advantages, samples.prompts, samples.rewards, tracker)
-            samples.advantages = adv.clamp(-cfg.adv_clip_max, cfg.adv_clip_max)
-            stats = ppo_update(pipe, policy, optimizer, samples, cfg, rescale, epoch)
-            rewards = samples.rewards
+            part = runtime.shard(len(prompts), "images per epoch")
+            samples = sample_epoch(pipe, reward, prompts[part], seeds[part], cfg, rescale, runtime)
+            rewards = runtime.gather(samples.rewards)
+            adv = compute_advantages(cfg.advantages, prompts, rewards, tracker)  # on the global batch, the same in every process
+            samples.advantages = adv.clamp(-cfg.adv_clip_max, cfg.adv_clip_max)[part]
+            stats = ppo_update(pipe, policy, optimizer, samples, cfg, rescale, epoch, runtime)
         row = {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)), **stats}
         history.append({"epoch": epoch + 1, **row})
-        log.log("ddpo", epoch + 1, step_key="epoch", **row)
-        if reward.last_images is not None and log.wants_images(epoch + 1):
-            log.images("ddpo/samples", reward.last_images, epoch + 1, reward.last_prompts)
+        if log is not None:
+            log.log("ddpo", epoch + 1, step_key="epoch", **row)
+            if reward.last_images is not None and log.wants_images(epoch + 1):
+                log.images("ddpo/samples", reward.last_images, epoch + 1, reward.last_prompts)
         bar.set_postfix(reward=f"{row['reward_mean']:.3f}", kl=f"{row['approx_kl']:.2g}")
         if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
-            save_checkpoint(out, policy, optimizer, tracker, epoch + 1, cfg, cpu_before + time.process_time() - cpu_start, history)
+            if main:
+                save_checkpoint(out, policy, optimizer, tracker, epoch + 1, cfg, cpu_before + time.process_time() - cpu_start, history)
+            runtime.wait()
     bar.close()
-    log.close()
+    if log is not None:
+        log.close()
     cpu_minutes = (cpu_before + time.process_time() - cpu_start) / 60
-    lora = policy.save_lora(out / LORA_FILE, lora_format=cfg.lora_format)  # atomic (models.lora.save_lora)
+    lora = out / LORA_FILE
+    if not main:
+        runtime.wait()
+        return DDPOResult(lora=lora, epochs=cfg.epochs, history=history, cpu_minutes=cpu_minutes)
+    lora = policy.save_lora(lora, lora_format=cfg.lora_format)  # atomic (models.lora.save_lora)
     write_json(out / SUMMARY, {
         "target": cfg.target, "reward": cfg.reward, "epochs": cfg.epochs,
         "images_per_epoch": cfg.sample_batch_size * cfg.sample_batches,
         "reward_first_epoch": history[0]["reward_mean"] if history else None,
         "reward_last_epoch": history[-1]["reward_mean"] if history else None,
-        "cpu_minutes": cpu_minutes, "lora": str(lora),
+        "cpu_minutes": cpu_minutes, "lora": str(lora), "processes": runtime.num_processes,
     })
+    runtime.wait()
     return DDPOResult(lora=lora, epochs=cfg.epochs, history=history, cpu_minutes=cpu_minutes)

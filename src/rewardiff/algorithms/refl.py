@@ -27,10 +27,11 @@ import torch
 from rewardiff.algorithms.lora_checkpoint import load_lora_state, lora_parameters, read_lora_meta, save_lora_state
 from rewardiff.errors import RewardiffError
 from rewardiff.rewards.base import Reward
+from rewardiff.runtime import Runtime, check_precision
 
 LORA_FILE = "lora.safetensors"
 CHECKPOINT = "checkpoint"
-RESUME_FREE_FIELDS = ("train_steps", "save_every", "out", "threads", "device", "lora_format")
+RESUME_FREE_FIELDS = ("train_steps", "save_every", "out", "threads", "device", "lora_format", "mixed_precision", "allow_tf32", "gradient_checkpointing")
 """Config fields a resumed run may change; any other difference means another run."""
 
 
@@ -55,6 +56,8 @@ class ReFLConfig:
     guidance: float = 5.0  # classifier-free guidance scale
     guidance_rescale: float = 0.0  # Lin et al. 2023 rescale (shapes generator: 0.7)
     gradient_checkpointing: bool = False  # recompute U-Net activations in backward (memory for time)
+    mixed_precision: str = "no"  # forward passes in no | bf16 | fp16 (autocast; LoRA master weights fp32; fp16 adds a grad scaler)
+    allow_tf32: bool = False  # TF32 matmuls and convolutions on CUDA
     seed: int = 0  # seeds the LoRA init and every step's prompts, image noise and t
     save_every: int = 10  # optimiser steps between checkpoints (and at the end)
     out: str = "runs/refl"  # run directory: lora.safetensors, checkpoint/, train_log.jsonl, config.yaml
@@ -95,6 +98,7 @@ def _check_config(cfg: ReFLConfig) -> None:
     for name in ("batch_size", "grad_accum", "train_steps", "save_every", "lora_rank"):
         if getattr(cfg, name) < 1:
             raise RewardiffError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    check_precision(cfg.mixed_precision, cfg.device)
 
 
 @contextlib.contextmanager
@@ -122,6 +126,10 @@ class MicroBatch:
                    [rng.getrandbits(31) for _ in range(cfg.batch_size)],
                    cfg.steps - cfg.last_k + rng.randrange(cfg.last_k))
 
+    def shard(self, part: slice) -> "MicroBatch":
+        """This process's images of the global micro-batch (same grad step t for all)."""
+        return MicroBatch(self.prompts[part], self.seeds[part], self.stop)
+
 
 @dataclass
 class StepStats:
@@ -142,7 +150,7 @@ def refl_micro_batch(cfg: ReFLConfig, pipe, reward: Reward, batch: MicroBatch) -
                                    guidance_rescale=cfg.guidance_rescale, eta=cfg.eta, stop_at_step=batch.stop, decode=False)
     x_t = traj.latents[:, -1]
     t = pipe.scheduler.timesteps[batch.stop]
-    cond, uncond = traj.prompt_embeds, traj.negative_prompt_embeds
+    cond, uncond = traj.cond, traj.uncond  # SDXL: with pooled embeds and time ids
     # the step's own sample is not used (only its mean and x_0), so it is drawn from a fixed generator
     gen = torch.Generator(device=x_t.device).manual_seed(0)
     out = guided_model_output(unet, x_t, t, cond, uncond, cfg.guidance, cfg.guidance_rescale)
@@ -172,31 +180,35 @@ def _load_checkpoint(directory: Path, unet, optimizer: torch.optim.Optimizer, cf
     return int(meta["step"])
 
 
-def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True) -> Path:
-    """Train a U-Net LoRA by ReFL + KL; resumes from OUT/checkpoint. Returns OUT/lora.safetensors."""
+def train_refl(cfg: ReFLConfig, pipe, reward: Reward, progress: bool = True, runtime: Runtime | None = None) -> Path:
+    """Train a U-Net LoRA by ReFL + KL; resumes from OUT/checkpoint. Returns OUT/lora.safetensors.
+
+    Under `accelerate launch` each process runs its shard of every micro-batch (the global draw
+    of `MicroBatch`), gradients averaged; the main process writes."""
     from rewardiff.generation import check_prompts_for_model, read_prompts
-    from rewardiff.models.lora import add_lora, save_lora
-    from rewardiff.train_log import RecordingReward, TrainLog
-    from rewardiff.run_folder import claim_run_folder, settings_of
+    from rewardiff.run_folder import claim_run_folder_main, settings_of
 
     _check_config(cfg)
     check_differentiable(reward)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    runtime = runtime or Runtime(cfg.device, cfg.mixed_precision, cfg.allow_tf32)
+    runtime.shard(cfg.batch_size, "images per micro-batch")  # refuse an uneven split now
+    pipe.to(runtime.device)
     prompts = read_prompts(cfg.prompts)
     check_prompts_for_model(prompts, cfg.model)
-    with claim_run_folder(cfg.out, "train refl", settings_of(cfg, RESUME_FREE_FIELDS), config=cfg) as folder:
-        return _train_in(folder, cfg, pipe, reward, prompts, progress)
+    with claim_run_folder_main(cfg.out, "train refl", settings_of(cfg, RESUME_FREE_FIELDS), cfg, runtime.is_main) as folder:
+        return _train_in(folder, cfg, pipe, reward, prompts, progress, runtime)
 
 
-def _train_in(folder, cfg: ReFLConfig, pipe, reward: Reward, prompts: list[str], progress: bool) -> Path:
+def _train_in(folder, cfg: ReFLConfig, pipe, reward: Reward, prompts: list[str], progress: bool, runtime: Runtime) -> Path:
     """train_refl's work, in the claimed run folder."""
     from tqdm.auto import tqdm
 
     from rewardiff.config import to_dict
     from rewardiff.diffusion import ensure_ddim
-    from rewardiff.models.lora import add_lora, save_lora
-    from rewardiff.train_log import TrainLog
+    from rewardiff.models.lora import add_lora, save_pipeline_lora
+    from rewardiff.train_log import RecordingReward, TrainLog
 
     out = folder.path
     ensure_ddim(pipe)
@@ -207,6 +219,7 @@ def _train_in(folder, cfg: ReFLConfig, pipe, reward: Reward, prompts: list[str],
         add_lora(unet, rank=cfg.lora_rank)
     params = list(lora_parameters({"unet": unet}).values())
     for p in params:
+        p.data = p.data.float()  # LoRA master weights in float32 on a half-precision pipeline
         p.requires_grad_(True)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -214,33 +227,42 @@ def _train_in(folder, cfg: ReFLConfig, pipe, reward: Reward, prompts: list[str],
 
     ckpt = out / CHECKPOINT
     start = _load_checkpoint(ckpt, unet, optimizer, cfg) if read_lora_meta(ckpt) is not None else 0
+    main = runtime.is_main
     folder.commit()
-    log = TrainLog(out)
+    log = TrainLog(out) if main else None
     reward = RecordingReward(reward)  # its last x0 predictions go to the log every N steps
-    log.keep_until("refl", start)
-    bar = tqdm(total=cfg.train_steps, initial=min(start, cfg.train_steps), desc="refl", unit="step", disable=not progress)
+    if log is not None:
+        log.keep_until("refl", start)
+    bar = tqdm(total=cfg.train_steps, initial=min(start, cfg.train_steps), desc="refl", unit="step", disable=not (progress and main))
     for step in range(start, cfg.train_steps):
         rewards, kls, losses = [], [], []
         for micro in range(cfg.grad_accum):
-            batch = MicroBatch.draw(cfg, prompts, step, micro)
-            loss, r, kl = refl_micro_batch(cfg, pipe, reward, batch)
-            (loss / cfg.grad_accum).backward()
+            batch = MicroBatch.draw(cfg, prompts, step, micro).shard(runtime.shard(cfg.batch_size, "images per micro-batch"))
+            with runtime.autocast():
+                loss, r, kl = refl_micro_batch(cfg, pipe, reward, batch)
+            runtime.backward(loss / cfg.grad_accum)
             rewards.append(r.mean().item())
             kls.append(kl.mean().item())
             losses.append(loss.item())
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        stats = StepStats(sum(rewards) / len(rewards), sum(kls) / len(kls), sum(losses) / len(losses))
-        log.log("refl", step + 1, reward=stats.reward, kl=stats.kl, loss=stats.loss)
-        if reward.last_images is not None and log.wants_images(step + 1):
-            log.images("refl/x0_predictions", reward.last_images, step + 1, reward.last_prompts)
+        runtime.step(params, optimizer, cfg.max_grad_norm, reduce="mean")
+        totals = [v / runtime.num_processes for v in runtime.sum([sum(rewards) / len(rewards), sum(kls) / len(kls), sum(losses) / len(losses)])]
+        stats = StepStats(*totals)
+        if log is not None:
+            log.log("refl", step + 1, reward=stats.reward, kl=stats.kl, loss=stats.loss)
+            if reward.last_images is not None and log.wants_images(step + 1):
+                log.images("refl/x0_predictions", reward.last_images, step + 1, reward.last_prompts)
         bar.update(1)
         bar.set_postfix(reward=f"{stats.reward:.3f}", kl=f"{stats.kl:.3g}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.train_steps:
-            save_lora_state(ckpt, {"unet": unet}, optimizer, {"step": step + 1, "config": to_dict(cfg)},
-                            extra={"torch_rng": torch.get_rng_state()})
+            if main:
+                save_lora_state(ckpt, {"unet": unet}, optimizer, {"step": step + 1, "config": to_dict(cfg)},
+                                extra={"torch_rng": torch.get_rng_state()})
+            runtime.wait()
     bar.close()
-    log.close()
-    return save_lora(out / LORA_FILE, unet=unet, lora_format=cfg.lora_format)  # atomic: a kill never leaves a half-written LoRA
+    if log is not None:
+        log.close()
+    final = out / LORA_FILE
+    if main:
+        save_pipeline_lora(final, pipe, {"unet": unet}, cfg.lora_format)  # atomic: a kill never leaves a half-written LoRA
+    runtime.wait()
+    return final

@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
+from rewardiff.diffusion.conditioning import Conditioning, as_conditioning, encode_text, text_encoders
 from rewardiff.diffusion.training_loss import denoising_loss, diffusion_target, sample_timesteps, timestep_bounds
 from rewardiff.errors import RewardiffError
 from rewardiff.models.lora import adapters_disabled
+from rewardiff.runtime import Runtime, check_precision, enable_gradient_checkpointing
 
 CHECKPOINT = "checkpoint"
 LORA_FILE = "lora.safetensors"
@@ -56,6 +58,10 @@ class SFTConfig:
     dpo_sft_weight: float = 0.0  # + this x SFT loss on the chosen images (0 = pure DPO)
     timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # train on this fraction of the schedule; [0.6, 1.0] = the noisiest 40%, where layout forms (not the fine detail of the model's own artefacts)
     grad_clip: float = 1.0  # max global grad norm
+    gradient_accumulation: int = 1  # micro-batches of batch_size per optimiser step
+    mixed_precision: str = "no"  # forward passes in no | bf16 | fp16 (autocast; LoRA master weights fp32; fp16 adds a grad scaler)
+    gradient_checkpointing: bool = False  # recompute U-Net / text-encoder activations in backward (memory for time)
+    allow_tf32: bool = False  # TF32 matmuls and convolutions on CUDA
     checkpoint_every: int = 100  # steps between resumable checkpoints
     lora_format: str = "diffusers"  # key names of the written lora.safetensors: diffusers | kohya (A1111, ComfyUI)
     seed: int = 0
@@ -79,27 +85,29 @@ def diffusion_dpo_loss(model_w: torch.Tensor, model_l: torch.Tensor, ref_w: torc
     return loss, {"implicit_acc": float((d > 0).float().mean()), "model_diff": float(model_diff.detach().mean()), "ref_diff": float(ref_diff.detach().mean())}
 
 
-def dpo_errors(pipe, z_w: torch.Tensor, z_l: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+def dpo_errors(pipe, z_w: torch.Tensor, z_l: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: Conditioning | torch.Tensor,
                prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example squared errors (2B,) of the policy and of the reference on cat([chosen, rejected]),
     with one t and one noise per pair (Wallace et al.'s train.py).
 
-    `text` (B, L, D) is the policy's prompt encoding. The reference is the base model: U-Net
-    adapters disabled and, when `prompts` is given (the text encoder is trained), the prompts
-    re-encoded with the text encoder's adapters disabled; reusing `text` there would let the
-    text-encoder LoRA drift unpenalised."""
+    `text` is the policy's prompt conditioning (B rows; SDXL: with pooled embeds and time ids).
+    The reference is the base model: U-Net adapters disabled and, when `prompts` is given (the
+    text encoders are trained), the prompts re-encoded with the text encoders' adapters disabled;
+    reusing `text` there would let the text-encoder LoRA drift unpenalised."""
     scheduler = pipe.scheduler
+    text = as_conditioning(text)
     both, noise2, t2 = torch.cat([z_w, z_l]), torch.cat([noise, noise]), torch.cat([t, t])
     noisy = scheduler.add_noise(both, noise2, t2)
     target = diffusion_target(scheduler, both, noise2, t2).float()
 
-    def errors(cond: torch.Tensor) -> torch.Tensor:
-        pred = pipe.unet(noisy, t2, encoder_hidden_states=torch.cat([cond, cond])).sample.float()
+    def errors(cond: Conditioning) -> torch.Tensor:
+        pred = pipe.unet(noisy, t2, **Conditioning.cat([cond, cond]).unet_kwargs()).sample.float()
         return ((pred - target) ** 2).mean(dim=(1, 2, 3))
 
     err = errors(text)
-    with torch.no_grad(), adapters_disabled(pipe.unet, pipe.text_encoder if prompts is not None else None):
-        ref = errors(_encode(pipe, prompts).to(text.device) if prompts is not None else text)
+    encoders = text_encoders(pipe) if prompts is not None else []
+    with torch.no_grad(), adapters_disabled(pipe.unet, *encoders):
+        ref = errors(_encode(pipe, prompts, _size(text, z_w, pipe)).to(text.embeds.device) if prompts is not None else text)
     return err, ref
 
 
@@ -113,10 +121,17 @@ def _images_to_latents(pipe, images: list[np.ndarray], batch: int = 64) -> torch
     return torch.cat(out).float()
 
 
-def _encode(pipe, prompts: list[str]) -> torch.Tensor:
-    tok = pipe.tokenizer
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+def _encode(pipe, prompts: list[str], size: tuple[int, int] | None = None) -> Conditioning:
+    """The prompts' conditioning under the current (LoRA) text encoders; `size` (H, W) of the
+    training images sets SDXL's time ids."""
+    return encode_text(pipe, list(prompts), size)
+
+
+def _size(text: Conditioning, latents: torch.Tensor, pipe) -> tuple[int, int]:
+    """Image size (H, W): from SDXL's time ids when present, else from the latents."""
+    if text.time_ids is not None:
+        return int(text.time_ids[0, 4]), int(text.time_ids[0, 5])
+    return tuple(int(v) * pipe.vae_scale_factor for v in latents.shape[-2:])
 
 
 def _trainable(module) -> list[torch.nn.Parameter]:
@@ -141,8 +156,8 @@ def _load_checkpoint(out: Path, modules: dict, optimizer) -> int:
 
 
 def prepare_lora(pipe, cfg: SFTConfig, init_lora: str | Path | None = None) -> dict:
-    """Put trainable LoRA adapters named 'default' on the U-Net (and text encoder): fresh, or
-    loaded from a previous round's file (round k+1 continues round k's model)."""
+    """Put trainable LoRA adapters named 'default' on the U-Net (and text encoders: SDXL has
+    two): fresh, or loaded from a previous round's file (round k+1 continues round k's model)."""
     from rewardiff.models.lora import add_lora
 
     if init_lora is not None:
@@ -150,35 +165,41 @@ def prepare_lora(pipe, cfg: SFTConfig, init_lora: str | Path | None = None) -> d
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="default")
     else:
         add_lora(pipe.unet, rank=cfg.rank, alpha=cfg.alpha)
-        if cfg.train_text_encoder:
-            add_lora(pipe.text_encoder, rank=cfg.rank, alpha=cfg.alpha)
     modules = {"unet": pipe.unet}
     if cfg.train_text_encoder:
-        if not any("lora_" in n for n, _ in pipe.text_encoder.named_parameters()):
-            add_lora(pipe.text_encoder, rank=cfg.rank, alpha=cfg.alpha)
-        modules["text_encoder"] = pipe.text_encoder
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(pipe, name, None)
+            if encoder is None:
+                continue
+            if not any("lora_" in n for n, _ in encoder.named_parameters()):
+                add_lora(encoder, rank=cfg.rank, alpha=cfg.alpha)
+            modules[name] = encoder
     return modules
 
 
-def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Path, init_lora: str | Path | None = None, progress: bool = True) -> Path:
-    """Train (resuming from OUT/checkpoint) and write OUT/lora/lora.safetensors (diffusers format)."""
+def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Path, init_lora: str | Path | None = None, progress: bool = True,
+               runtime: Runtime | None = None) -> Path:
+    """Train (resuming from OUT/checkpoint) and write OUT/lora/lora.safetensors (diffusers format).
+
+    `runtime` (default: one process on the pipeline's device, cfg's precision): under
+    `accelerate launch` each process trains on its shard of every batch, gradients averaged."""
     from tqdm.auto import tqdm
 
     from rewardiff.io_utils import write_folder_atomically
-    from rewardiff.models.lora import save_lora
+    from rewardiff.models.lora import save_pipeline_lora
     from rewardiff.models.lora_formats import check_lora_format
-    from rewardiff.models.pipeline import is_sdxl
     from rewardiff.train_log import TrainLog
 
     if cfg.loss not in ("sft", "dpo"):
         raise RewardiffError(f"train.loss must be 'sft' or 'dpo', got {cfg.loss!r}")
     check_lora_format(cfg.lora_format)
-    if is_sdxl(pipe):
-        raise RewardiffError("LoRA SFT/DPO is implemented for SD 1.x / 2.x pipelines (one text encoder); SDXL is not supported yet")
     if not examples:
         raise RewardiffError("nothing to train on: the judge kept no candidate (lower the judge thresholds or write more prompts)")
     if cfg.loss == "dpo" and any(e.rejected is None for e in examples):
         raise RewardiffError("DPO needs a rejected image for every example (best-vs-worst pairs)")
+    if cfg.gradient_accumulation < 1:
+        raise RewardiffError(f"train.gradient_accumulation must be >= 1, got {cfg.gradient_accumulation}")
+    check_precision(cfg.mixed_precision, str(pipe.unet.device))
     timestep_bounds(pipe.scheduler, cfg.timesteps)  # a bad range fails before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,63 +207,92 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
     if final.is_file():
         return final
 
+    runtime = runtime or Runtime(str(pipe.unet.device), cfg.mixed_precision, cfg.allow_tf32)
     torch.manual_seed(cfg.seed)  # the LoRA's random init (A matrices) must not depend on earlier work in the process
     modules = prepare_lora(pipe, cfg, init_lora)
     params = [p for m in modules.values() for p in _trainable(m)]
+    for p in params:
+        p.data = p.data.float()  # LoRA master weights in float32 on a half-precision pipeline
     for m in modules.values():
         m.train()
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(list(modules.values()))
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = _load_checkpoint(out, modules, optimizer)
 
-    scheduler = pipe.scheduler
     latents_w = _images_to_latents(pipe, [e.image for e in examples])
     latents_l = _images_to_latents(pipe, [e.rejected for e in examples]) if cfg.loss == "dpo" else None
     prompts = [e.prompt for e in examples]
+    size = tuple(int(v) for v in examples[0].image.shape[:2])  # SDXL's time ids: uncropped images of this size
     cached_text = None
     if not cfg.train_text_encoder:
         with torch.no_grad():
-            cached_text = {p: e for p, e in zip(["", *dict.fromkeys(prompts)], _encode(pipe, ["", *dict.fromkeys(prompts)]))}
-    device = pipe.unet.device
-    log = TrainLog(out)
-    log.keep_until(cfg.loss, start)  # rows after the checkpoint are logged again by this run
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train ({cfg.loss})", unit="step", disable=not progress)
+            unique = ["", *dict.fromkeys(prompts)]
+            encoded = _encode(pipe, unique, size)
+            cached_text = {p: encoded[i:i + 1] for i, p in enumerate(unique)}
+    log = TrainLog(out) if runtime.is_main else None
+    if log is not None:
+        log.keep_until(cfg.loss, start)  # rows after the checkpoint are logged again by this run
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train ({cfg.loss})", unit="step", disable=not (progress and runtime.is_main))
     for step in range(start, cfg.steps):
-        rng = random.Random(cfg.seed * 1_000_003 + step)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = [rng.randrange(len(examples)) for _ in range(min(cfg.batch_size, len(examples)))]
-        batch_prompts = ["" if rng.random() < cfg.cond_dropout else prompts[i] for i in idx]
-        if cached_text is not None:
-            text = torch.stack([cached_text[p] for p in batch_prompts]).to(device)
-        else:
-            text = _encode(pipe, batch_prompts)
-        z0 = latents_w[idx].to(device)
-        if cfg.loss == "sft":
-            loss = denoising_loss(pipe.unet, scheduler, z0, text, gen, cfg.snr_gamma, cfg.timesteps)
-            metrics = {}
-        else:
-            noise = torch.randn(z0.shape, generator=gen).to(device)
-            t = sample_timesteps(scheduler, len(idx), gen, cfg.timesteps).to(device)
-            zl = latents_l[idx].to(device)
-            err, ref = dpo_errors(pipe, z0, zl, noise, t, text, batch_prompts if cfg.train_text_encoder else None)
-            b = len(idx)
-            loss, metrics = diffusion_dpo_loss(err[:b], err[b:], ref[:b], ref[b:], cfg.dpo_beta)
-            if cfg.dpo_sft_weight:
-                loss = loss + cfg.dpo_sft_weight * err[:b].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        log.log(cfg.loss, step + 1, loss=loss.item(), grad_norm=grad_norm.item(), **metrics)
+        losses, metrics = [], {}
+        for micro in range(cfg.gradient_accumulation):
+            with runtime.autocast():
+                loss, metrics = _micro_step(pipe, cfg, step, micro, runtime, examples, prompts, latents_w, latents_l, cached_text, size)
+            runtime.backward(loss / cfg.gradient_accumulation)
+            losses.append(float(loss.detach()))
+        grad_norm = runtime.step(params, optimizer, cfg.grad_clip, reduce="mean")
+        mean_loss = runtime.sum([sum(losses) / len(losses)])[0] / runtime.num_processes
+        if log is not None:
+            log.log(cfg.loss, step + 1, loss=mean_loss, grad_norm=grad_norm, **metrics)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(out, modules, optimizer, step + 1)
+            if runtime.is_main:
+                _save_checkpoint(out, modules, optimizer, step + 1)
+            runtime.wait()
     bar.close()
-    log.close()
+    if log is not None:
+        log.close()
     for m in modules.values():
         m.eval()
-    write_folder_atomically(out / "lora", lambda tmp: save_lora(tmp / LORA_FILE, unet=pipe.unet, text_encoder=modules.get("text_encoder"), lora_format=cfg.lora_format))
+    if runtime.is_main:
+        write_folder_atomically(out / "lora", lambda tmp: save_pipeline_lora(tmp / LORA_FILE, pipe, modules, cfg.lora_format))
+    runtime.wait()
     return final
+
+
+def _micro_step(pipe, cfg: SFTConfig, step: int, micro: int, runtime: Runtime, examples: list[TrainExample], prompts: list[str],
+                latents_w: torch.Tensor, latents_l: torch.Tensor | None, cached_text: dict | None,
+                size: tuple[int, int]) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, metrics) of micro-batch `micro` of optimiser step `step`: this process's shard of
+    the global batch drawn from RNGs seeded by (seed, step, micro); its noise and timesteps from a
+    generator of (seed, step, micro, process) (micro 0 of one process: the seeds of before)."""
+    key = cfg.seed * 1_000_003 + step
+    rng = random.Random(key if micro == 0 else f"{key}:{micro}")
+    noise_key = key if micro == 0 and runtime.process_index == 0 else int(np.random.SeedSequence([key, micro, runtime.process_index]).generate_state(1)[0])
+    gen = torch.Generator().manual_seed(noise_key)
+    idx = [rng.randrange(len(examples)) for _ in range(min(cfg.batch_size, len(examples)))]
+    batch_prompts = ["" if rng.random() < cfg.cond_dropout else prompts[i] for i in idx]
+    part = runtime.shard(len(idx), "examples per batch")
+    idx, batch_prompts = idx[part], batch_prompts[part]
+    device = pipe.unet.device
+    if cached_text is not None:
+        text = Conditioning.cat([cached_text[p] for p in batch_prompts]).to(device)
+    else:
+        text = _encode(pipe, batch_prompts, size)
+    z0 = latents_w[idx].to(device)
+    if cfg.loss == "sft":
+        return denoising_loss(pipe.unet, pipe.scheduler, z0, text, gen, cfg.snr_gamma, cfg.timesteps), {}
+    noise = torch.randn(z0.shape, generator=gen).to(device)
+    t = sample_timesteps(pipe.scheduler, len(idx), gen, cfg.timesteps).to(device)
+    zl = latents_l[idx].to(device)
+    err, ref = dpo_errors(pipe, z0, zl, noise, t, text, batch_prompts if cfg.train_text_encoder else None)
+    b = len(idx)
+    loss, metrics = diffusion_dpo_loss(err[:b], err[b:], ref[:b], ref[b:], cfg.dpo_beta)
+    if cfg.dpo_sft_weight:
+        loss = loss + cfg.dpo_sft_weight * err[:b].mean()
+    return loss, metrics
 
 
 def validate_sft_config(cfg: SFTConfig, where: str = "train") -> None:

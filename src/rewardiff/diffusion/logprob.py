@@ -162,7 +162,12 @@ def ddim_step_with_logprob(
         else:
             prev_sample = mean.to(sample.dtype)
     if eta > 0:
-        log_prob = gaussian_log_prob(prev_sample.detach(), mean, std)
+        # a step with sigma_t = 0 (alpha_prev = 1: `set_alpha_to_one` at the last step) is a point
+        # mass: its log-prob is 0, not the NaN of 0 / 0
+        positive = std > 0
+        log_prob = gaussian_log_prob(prev_sample.detach(), mean, torch.where(positive, std, torch.ones_like(std)))
+        if not bool(positive.all()):
+            log_prob = torch.where(positive.reshape(-1), log_prob, torch.zeros_like(log_prob))
     else:  # a point mass: no density; zeros keep shapes uniform for callers that ignore it
         log_prob = torch.zeros(sample.shape[0], device=sample.device, dtype=torch.float32)
     return StepOutput(prev_sample=prev_sample, log_prob=log_prob, mean=mean, std=torch.as_tensor(std), pred_original_sample=pred_x0)

@@ -1,6 +1,7 @@
 """Sample whole DDIM trajectories with log-probabilities: the one sampler of ReFL, DDPO and CCSR.
 
-The loop is diffusers' `StableDiffusionPipeline.__call__` (0.42) reduced to what RL needs, with
+The loop is diffusers' `StableDiffusionPipeline.__call__` / `StableDiffusionXLPipeline.__call__`
+(0.42; SDXL's pooled embeds and time ids travel in `Conditioning`) reduced to what RL needs, with
 the same arithmetic so that, with eta = 0 and the same per-image seeds, the images are the
 pipeline's images:
 - initial noise drawn by `randn_tensor` from one generator per image (the pipeline's
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rewardiff.diffusion.conditioning import Conditioning, as_conditioning, encode_text, text_encoders, unconditional, uses_added_cond
 from rewardiff.diffusion.logprob import ddim_step_with_logprob
 from rewardiff.errors import RewardiffError
 
@@ -30,17 +32,28 @@ class Trajectory:
     latents: torch.Tensor  # (B, K+1, C, H, W): x_T ... x after the last step run
     log_probs: torch.Tensor  # (B, K) float32 log p(x_{t-1} | x_t) of each step (zeros when eta = 0)
     timesteps: torch.Tensor  # (K,) the scheduler timesteps t of the steps run
-    prompt_embeds: torch.Tensor  # (B, L, D) cond
-    negative_prompt_embeds: torch.Tensor  # (B, L, D) uncond (a broadcast view of one row)
+    cond: Conditioning  # (B rows) the prompts' conditioning (SDXL: with pooled embeds and time ids)
+    uncond: Conditioning  # (B rows) the negative prompt's (a broadcast view of one row)
     images: torch.Tensor | None  # (B, 3, H, W) in [0, 1], decoded final x_0 when the whole chain ran
+
+    @property
+    def prompt_embeds(self) -> torch.Tensor:
+        return self.cond.embeds
+
+    @property
+    def negative_prompt_embeds(self) -> torch.Tensor:
+        return self.uncond.embeds
 
 
 def check_supported(pipe) -> None:
-    """SD 1.x / 2.x only: SDXL needs added-cond kwargs (pooled text, time ids) the sampler lacks."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise RewardiffError("SDXL pipelines are not supported yet by the RL sampler (SD 1.x / 2.x only)")
+    """A Stable-Diffusion-shaped pipeline: a U-Net and its text encoder(s) (SD 1.x / 2.x, SDXL).
+
+    SDXL-style pipelines without the first text encoder (the refiner) are refused: their
+    conditioning is not the base model's."""
     if getattr(pipe, "unet", None) is None or getattr(pipe, "text_encoder", None) is None:
         raise RewardiffError(f"{type(pipe).__name__} is not a Stable-Diffusion-shaped pipeline (needs unet and text_encoder)")
+    if uses_added_cond(pipe) and getattr(pipe, "text_encoder_2", None) is None:
+        raise RewardiffError(f"{type(pipe).__name__}: an SDXL U-Net without text_encoder_2 is not supported")
 
 
 def ensure_ddim(pipe):
@@ -49,27 +62,35 @@ def ensure_ddim(pipe):
     from diffusers import DDIMScheduler
 
     if not isinstance(pipe.scheduler, DDIMScheduler):
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        config = dict(pipe.scheduler.config)
+        # SD 1.5 / 2.1 ship set_alpha_to_one = False; SDXL's Euler config has no such key and
+        # DDIM's default (True) would make the last step deterministic (sigma_t = 0, no log-prob)
+        config.setdefault("set_alpha_to_one", False)
+        pipe.scheduler = DDIMScheduler.from_config(config)
     return pipe.scheduler
 
 
-def encode_prompts(pipe, prompts: list[str], text_encoder=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cond, uncond), each (B, L, D), as the pipeline's `encode_prompt` with negative prompt "".
+def encode_prompts(pipe, prompts: list[str], text_encoder=None, size: tuple[int, int] | None = None,
+                   text_encoder_2=None) -> tuple[Conditioning, Conditioning]:
+    """(cond, uncond), B rows each, as the pipeline's `encode_prompt` with its default negative
+    prompt ("" for SD; zeros for SDXL with `force_zeros_for_empty_prompt`).
 
-    One text-encoder call on the B prompts plus one "" row; uncond is that row broadcast (a
-    view). Runs under the caller's grad mode; `text_encoder` defaults to `pipe.text_encoder`.
+    For SD one text-encoder call on the B prompts plus one "" row; uncond is that row broadcast
+    (a view). Runs under the caller's grad mode; `text_encoder` / `text_encoder_2` default to the
+    pipeline's; `size` (H, W) sets SDXL's time ids.
     """
     if not prompts:
         raise RewardiffError("encode_prompts: no prompts")
-    encoder = text_encoder if text_encoder is not None else pipe.text_encoder
-    tok = pipe.tokenizer
-    inputs = tok(list(prompts) + [""], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-    device = next(encoder.parameters()).device
-    mask = inputs.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
-    embeds = encoder(inputs.input_ids.to(device), attention_mask=mask)[0]
-    embeds = embeds.to(dtype=encoder.dtype)
-    cond, uncond = embeds[:-1], embeds[-1:]
-    return cond, uncond.expand(len(prompts), -1, -1)
+    encoders = text_encoders(pipe)
+    if text_encoder is not None:
+        encoders[0] = text_encoder
+    if text_encoder_2 is not None and len(encoders) > 1:
+        encoders[1] = text_encoder_2
+    if uses_added_cond(pipe) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        cond = encode_text(pipe, list(prompts), size, encoders)
+        return cond, unconditional(pipe, cond, size, encoders).expand(len(prompts))
+    both = encode_text(pipe, list(prompts) + [""], size, encoders)
+    return both[:-1], both[-1:].expand(len(prompts))
 
 
 def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
@@ -82,19 +103,22 @@ def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, gu
     return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg
 
 
-def guided_model_output(unet, latents: torch.Tensor, timestep: int | torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                        guidance: float, guidance_rescale: float = 0.0) -> torch.Tensor:
+def guided_model_output(unet, latents: torch.Tensor, timestep: int | torch.Tensor, cond: Conditioning | torch.Tensor,
+                        uncond: Conditioning | torch.Tensor, guidance: float, guidance_rescale: float = 0.0) -> torch.Tensor:
     """Classifier-free guided U-Net output: ONE batched call on cat([uncond, cond]).
 
     guidance <= 1 means no guidance (one call on cond only), as the pipeline does.
-    `timestep` may be shared (int / 0-dim) or per image ((B,) tensor).
+    `timestep` may be shared (int / 0-dim) or per image ((B,) tensor); cond / uncond are
+    `Conditioning` (SDXL: added cond kwargs) or plain (B, L, D) embeddings (SD).
     """
+    cond = as_conditioning(cond)
     if guidance <= 1.0:
-        return unet(latents, timestep, encoder_hidden_states=cond, return_dict=False)[0]
+        return unet(latents, timestep, **cond.unet_kwargs(), return_dict=False)[0]
     t = timestep
     if isinstance(t, torch.Tensor) and t.dim() == 1:
         t = torch.cat([t, t])
-    out = unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False)[0]
+    both = Conditioning.cat([as_conditioning(uncond), cond])
+    out = unet(torch.cat([latents, latents]), t, **both.unet_kwargs(), return_dict=False)[0]
     out_uncond, out_cond = out.chunk(2)
     guided = out_uncond + guidance * (out_cond - out_uncond)
     if guidance_rescale > 0.0:
@@ -159,8 +183,8 @@ def sample_trajectories(pipe, prompts: list[str], seeds: list[int] | None = None
     device = unet.device
     scheduler.set_timesteps(steps, device=device)
     timesteps = scheduler.timesteps[:k]
-    cond, uncond = encode_prompts(pipe, prompts, text_encoder)
-    x, gen = initial_noise(pipe, len(prompts), height, width, seeds, generator, dtype=cond.dtype)
+    cond, uncond = encode_prompts(pipe, prompts, text_encoder, size=(height, width))
+    x, gen = initial_noise(pipe, len(prompts), height, width, seeds, generator, dtype=cond.embeds.dtype)
 
     trail = x.new_empty((x.shape[0], k + 1, *x.shape[1:]))
     trail[:, 0] = x
@@ -172,5 +196,4 @@ def sample_trajectories(pipe, prompts: list[str], seeds: list[int] | None = None
         trail[:, i + 1] = x
         log_probs[:, i] = step.log_prob
     images = decode_latents(pipe, x) if decode and k == steps else None
-    return Trajectory(latents=trail, log_probs=log_probs, timesteps=timesteps, prompt_embeds=cond,
-                      negative_prompt_embeds=uncond, images=images)
+    return Trajectory(latents=trail, log_probs=log_probs, timesteps=timesteps, cond=cond, uncond=uncond, images=images)

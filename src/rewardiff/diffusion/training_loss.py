@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from rewardiff.diffusion.conditioning import Conditioning, as_conditioning
 from rewardiff.errors import RewardiffError
 
 
@@ -56,13 +57,14 @@ def sample_timesteps(scheduler, n: int, gen: torch.Generator, fraction: tuple[fl
     return torch.randint(lo, hi, (n,), generator=gen)
 
 
-def denoising_loss(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, gen: torch.Generator, snr_gamma: float = 0.0,
+def denoising_loss(unet, scheduler, latents: torch.Tensor, cond: Conditioning | torch.Tensor, gen: torch.Generator, snr_gamma: float = 0.0,
                    timesteps: tuple[float, float] | list[float] = (0.0, 1.0)) -> torch.Tensor:
     """The standard diffusion training loss of one batch: noise and timesteps drawn (on the CPU,
     in that order) from `gen` (timesteps from the `timesteps` fraction of the schedule), per-example
-    MSE to `diffusion_target`, min-SNR weighted, mean."""
+    MSE to `diffusion_target`, min-SNR weighted, mean. `cond` is SD embeddings (B, L, D) or a
+    `Conditioning` (SDXL: pooled embeds and time ids as added cond kwargs)."""
     noise = torch.randn(latents.shape, generator=gen).to(latents.device)
     t = sample_timesteps(scheduler, len(latents), gen, timesteps).to(latents.device)
-    pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=cond).sample
+    pred = unet(scheduler.add_noise(latents, noise, t), t, **as_conditioning(cond).unet_kwargs()).sample
     per_example = ((pred.float() - diffusion_target(scheduler, latents, noise, t).float()) ** 2).mean(dim=(1, 2, 3))
     return (per_example * min_snr_weight(scheduler, t, snr_gamma).to(per_example.device)).mean()

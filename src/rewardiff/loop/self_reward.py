@@ -226,8 +226,9 @@ def _scale_name(scale: float) -> str:
 def check_settings(cfg: SelfRewardConfig) -> None:
     """Refuse, before the first phase writes anything, classes the world cannot draw and sampling
     settings that cannot give images (each error names the field or the class)."""
-    from rewardiff.models.pipeline import resolve_model
+    from rewardiff.models.pipeline import check_trainable, resolve_model
 
+    check_trainable(cfg.model)  # the train phase comes after generating and judging: refuse now
     if not cfg.classes or not all(isinstance(c, str) and c.strip() for c in cfg.classes):
         raise RewardiffError(f"classes: give at least one non-empty class (e.g. --classes circle,triangle), got {cfg.classes}")
     if cfg.writer.backend == "shapes" or resolve_model(cfg.model).is_shapes:

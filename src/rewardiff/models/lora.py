@@ -240,6 +240,14 @@ def save_lora(path: str | Path, unet=None, text_encoder=None, pipeline_cls=None,
     return path
 
 
+def save_pipeline_lora(path: str | Path, pipe, modules: dict, lora_format: str = "diffusers") -> Path:
+    """`save_lora` of the trained modules of `pipe` ({'unet' | 'text_encoder' | 'text_encoder_2':
+    module}), in the format of the pipeline's own class (SD or SDXL), diffusers or kohya key names."""
+    return save_lora(path, unet=modules.get("unet"), text_encoder=modules.get("text_encoder"),
+                     text_encoder_2=modules.get("text_encoder_2"), pipeline_cls=type(pipe) if hasattr(type(pipe), "save_lora_weights") else None,
+                     lora_format=lora_format)
+
+
 # ---------------------------------------------------------------------------------------------
 # Fusion: several LoRA files -> one, by weighted sums of their deltas, without training.
 #

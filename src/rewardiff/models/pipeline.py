@@ -73,17 +73,32 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
-def _pipeline_class_name(source: ModelSource) -> str:
+def _model_index(source: ModelSource) -> dict:
     from diffusers import DiffusionPipeline
 
     if source.is_local:
-        name = json.loads((Path(source.location) / "model_index.json").read_text()).get("_class_name", "")
-    else:
-        try:
-            name = DiffusionPipeline.load_config(source.location, local_files_only=_offline()).get("_class_name", "")
-        except Exception as e:  # hub errors come in many classes; all mean "cannot get it"
-            where = "offline (HF_HUB_OFFLINE=1) and not in the local cache" if _offline() else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            raise RewardiffError(f"cannot load hub model {source.location!r}: {where}") from None
+        return json.loads((Path(source.location) / "model_index.json").read_text())
+    try:
+        return dict(DiffusionPipeline.load_config(source.location, local_files_only=_offline()))
+    except Exception as e:  # hub errors come in many classes; all mean "cannot get it"
+        where = "offline (HF_HUB_OFFLINE=1) and not in the local cache" if _offline() else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        raise RewardiffError(f"cannot load hub model {source.location!r}: {where}") from None
+
+
+def check_trainable(model: str) -> None:
+    """Refuse, from the model index alone (no weights loaded), a pipeline the trainers cannot
+    train: every method supports SD 1.x / 2.x and SDXL base pipelines, which need a U-Net and
+    their first text encoder (an SDXL refiner has none). Callers run this before any work."""
+    source = resolve_model(model)
+    _pipeline_class_name(source)
+    index = _model_index(source)
+    for part in ("unet", "text_encoder"):
+        if not any(index.get(part) or []):
+            raise RewardiffError(f"{source.name}: the pipeline has no {part} (an SDXL refiner?); rewardiff trains SD 1.x / 2.x and SDXL base pipelines")
+
+
+def _pipeline_class_name(source: ModelSource) -> str:
+    name = _model_index(source).get("_class_name", "")
     if name not in SUPPORTED_CLASSES:
         raise RewardiffError(f"{source.name}: pipeline class {name!r} is not supported; expected one of {SUPPORTED_CLASSES}")
     return name
