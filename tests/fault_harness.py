@@ -21,7 +21,8 @@ import torch
 
 VOLATILE = {"seconds", "images_per_s", "cpu_seconds", "cpu_minutes", "timings"}
 """Fields that measure time, not results: they differ between any two runs."""
-SKIPPED = {"tensorboard", "timings.json", ".rewardiff.lock"}
+SKIPPED = {"tensorboard", "timings.json", ".rewardiff.lock", "report"}
+"""Not compared: logs of time, the lock, and the HTML report (a view of the run that shows its CPU time)."""
 
 
 def _child(fn: Callable[[], object], kill_at: int | None, report_fd: int) -> None:
