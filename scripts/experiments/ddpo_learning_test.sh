@@ -10,11 +10,7 @@ OUT="${1:-runs/ddpo_learning_test}"
 RD=.venv/bin/rewardiff
 export HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
-.venv/bin/python - "$OUT/four.txt" <<'PY'
-import sys
-from rewardiff.shapes.prompts import CATEGORIES, _hash01, split_prompts
-open(sys.argv[1], "w").write("".join(sorted(split_prompts(c)[0], key=_hash01)[0] + "\n" for c in CATEGORIES))
-PY
+.venv/bin/python scripts/experiments/four_prompts.py "$OUT/four.txt"
 common=(--config configs/ddpo_shapes.yaml --target unet --reward judge@shapes --set "prompts=$OUT/four.txt" --set steps=10
         --set sample_batch_size=16 --set sample_batches=2 --set samples_per_prompt=8 --set train_batch_size=8 --set epochs=20)
 declare -A recipes=(

@@ -10,11 +10,7 @@ OUT="${1:-runs/sft_learning_test}"
 RD=.venv/bin/rewardiff
 export HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
-.venv/bin/python - "$OUT/four.txt" <<'PY'
-import sys
-from rewardiff.shapes.prompts import CATEGORIES, _hash01, split_prompts
-open(sys.argv[1], "w").write("".join(sorted(split_prompts(c)[0], key=_hash01)[0] + "\n" for c in CATEGORIES))
-PY
+.venv/bin/python scripts/experiments/four_prompts.py "$OUT/four.txt"
 declare -A recipes=(
   [all_t_lr1e-4]="--set train.lr=1e-4 --set train.timesteps=[0,1] --set train.cond_dropout=0.1"
   [layout_lr1e-4]="--set train.lr=1e-4 --set train.timesteps=[0.5,1.0] --set train.cond_dropout=0.0"
