@@ -250,3 +250,14 @@ def test_shipped_judge_loads_when_present(judge):
         pytest.skip(f"no shipped {judge} judge in this checkout")
     reward = build_reward({"clip": "clip@shapes", "detector": "detection@shapes", "captioner": "caption@shapes"}[judge])
     assert reward(torch.rand(1, 3, 32, 32), ["a red circle"]).scores.shape == (1,)
+
+
+def test_train_judges_refuses_a_folder_another_run_owns(tmp_path):
+    from rewardiff.errors import RewardiffError
+
+    other = tmp_path / "generated"
+    other.mkdir()
+    (other / "metadata.jsonl").write_text('{"prompt": "a red circle", "image": "images/0.png"}\n')
+    with pytest.raises(RewardiffError, match="another run"):
+        train_judges(tiny_config(other), progress=False)
+    assert sorted(p.name for p in other.iterdir()) == ["metadata.jsonl"]  # nothing written, config.yaml included

@@ -35,16 +35,20 @@ class TrainJudgesConfig:
 
 
 def train_judges(cfg: TrainJudgesConfig, only: str | None = None, progress: bool = True) -> dict[str, Path]:
-    """Train the judges (or just `only`) one after another; returns judge -> model folder."""
-    from rewardiff.config import save_config
+    """Train the judges (or just `only`) one after another; returns judge -> model folder. The run
+    folder is claimed first (rewardiff.run_folder: owner checked, one writer at a time)."""
+    from rewardiff.run_folder import claim_run_folder, settings_of
 
     if only is not None and only not in JUDGES:
         raise ValueError(f"unknown judge {only!r}; expected one of {', '.join(JUDGES)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    with claim_run_folder(cfg.out, "shapes train-judges", settings_of(cfg, ("out", "threads")), config=cfg) as folder:
+        folder.commit()
+        return _train_in(folder.path, cfg, only, progress)
+
+
+def _train_in(out: Path, cfg: TrainJudgesConfig, only: str | None, progress: bool) -> dict[str, Path]:
     trainers = {
         "clip": lambda: train_clip_judge(cfg.clip, cfg.seed, out / "clip", progress),
         "detector": lambda: train_detector_judge(cfg.detector, cfg.seed, out / "detector", progress),
