@@ -245,7 +245,7 @@ def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Pat
     loras = [parse_lora_spec(s) for s in cfg.loras]
 
     signature = _run_signature(cfg, prompts)
-    reused = _plain_candidates(cfg, signature, prompts) if cfg.plain and cfg.best_of > 1 else None
+    reused = _plain_candidates(cfg, signature, prompts, counts) if cfg.plain and cfg.best_of > 1 else None
     with claim_run_folder(cfg.out, "generate", signature, config=cfg) as folder:
         return _generate_into(folder, cfg, pipe, progress, prompts, counts, sampling, loras, reused)
 
@@ -300,7 +300,7 @@ def _generate_into(folder, cfg: GenerateConfig, pipe, progress: bool, prompts: l
     return meta_path
 
 
-def _plain_candidates(cfg: GenerateConfig, signature: dict, prompts: list[str]) -> dict[tuple[int, int], Path]:
+def _plain_candidates(cfg: GenerateConfig, signature: dict, prompts: list[str], counts: list[int]) -> dict[tuple[int, int], Path]:
     """(prompt index, image index) -> PNG of a finished plain run that is this run with best_of 1:
     those images are exactly candidate 0 (same seeds), so they need not be sampled again."""
     from rewardiff.run_folder import normalise, read_marker
@@ -315,9 +315,9 @@ def _plain_candidates(cfg: GenerateConfig, signature: dict, prompts: list[str]) 
     if diffs:
         raise RewardiffError(f"--plain {plain}: a different run ({diffs[0]}: {theirs.get(diffs[0])!r} there, {ours[diffs[0]]!r} here); "
                              "it must be this run with --best-of 1")
-    rows = {(r["prompt_index"], r["index"]): r for r in read_jsonl(plain / METADATA)} if (plain / METADATA).is_file() else {}
-    wanted = [(i, k) for i in range(len(prompts)) for k in range(images_per_prompt(cfg.prompts, prompts, cfg.num_images)[i])]
-    missing = [key for key in wanted if key not in rows or not (plain / rows[key]["image"]).is_file()]
+    rows = {(r["prompt_index"], r["index"]): r for r in verified_rows(plain, prompts, counts)[0]}  # PNGs that decode, one row each
+    wanted = [(i, k) for i in range(len(prompts)) for k in range(counts[i])]
+    missing = [key for key in wanted if key not in rows]
     if missing:
         i, k = missing[0]
         raise RewardiffError(f"--plain {plain}: unfinished (image {k} of {prompts[i]!r} missing); finish it or drop --plain")

@@ -74,21 +74,19 @@ def load_distill_data(cfg: DistillConfig, judge: SelfJudge | None, progress: boo
     """The kept (prompt, image) examples of cfg.data, judged by `judge` when cfg.filter is set."""
     if not cfg.data:
         raise RewardiffError("train sft: no data; give --data FOLDER (a generated set with metadata.jsonl), repeatable")
+    if cfg.filter and judge is None:
+        raise RewardiffError("train sft: filter is on but no judge was given")
     rows: list[dict] = []
     roots: list[Path] = []
+    kept_flags: list[bool] = []
     for folder in cfg.data:
         found, root = load_metadata(folder)
         rows.extend(found)
         roots.extend([root] * len(found))
-    kept_flags = [True] * len(rows)
-    if cfg.filter:
-        if judge is None:
-            raise RewardiffError("train sft: filter is on but no judge was given")
-        judged: list[dict] = []
-        for root in dict.fromkeys(roots):
-            part = [r for r, rr in zip(rows, roots) if rr == root]
-            judged.extend(judge_rows(judge, part, root, cfg.judge.batch_size, progress, desc="judge data"))
-        kept_flags = [bool(j["kept"]) for j in judged]
+        if cfg.filter:
+            kept_flags.extend(bool(j["kept"]) for j in judge_rows(judge, found, root, cfg.judge.batch_size, progress, desc="judge data"))
+        else:
+            kept_flags.extend([True] * len(found))
     categories = [_category(r["prompt"]) for r in rows]
     kept = [i for i, k in enumerate(kept_flags) if k]
     if not kept:
