@@ -268,3 +268,30 @@ def test_dpo_lowers_the_chosen_error_relative_to_the_rejected_one(tmp_path):
     train_lora(pipe, examples, cfg, tmp_path / "dpo", progress=False)
     after, _ = _dpo_margin(pipe, examples)
     assert after < -0.01, f"DPO margin {after:.3g}: the chosen image's error did not fall relative to the rejected one's"
+
+
+@pytest.mark.parametrize("scope, text_encoder, prefixes", [("cross_attention", False, {"unet"}), ("none", True, {"text_encoder"})])
+def test_unet_lora_scope_adapts_only_what_it_names(tmp_path, scope, text_encoder, prefixes):
+    """cross_attention: only the attn2 (prompt-reading) projections carry a LoRA; none: the text
+    encoder alone; both files open with load_lora_weights and change the images."""
+    cfg = SFTConfig(**{**CFG, "unet_lora": scope, "train_text_encoder": text_encoder})
+    path = train_lora(load_pipeline("shapes")[0], _examples(), cfg, tmp_path / scope, progress=False)
+    state = load_file(path)
+    assert {k.split(".")[0] for k in state} == prefixes
+    if scope == "cross_attention":
+        assert all(".attn2." in k for k in state)
+    pipe, _ = load_pipeline("shapes")
+    kwargs = dict(num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0))
+    before = pipe("a red circle", **kwargs).images
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="s")
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    assert not np.array_equal(before, pipe("a red circle", **kwargs).images)
+
+
+def test_unet_lora_scope_is_validated():
+    from rewardiff.algorithms.sft import validate_sft_config
+
+    with pytest.raises(RewardiffError, match="unet_lora must be one of"):
+        validate_sft_config(SFTConfig(unet_lora="mlp"))
+    with pytest.raises(RewardiffError, match="nothing would be trained"):
+        validate_sft_config(SFTConfig(unet_lora="none"))

@@ -52,6 +52,7 @@ class SFTConfig:
     steps: int = 300  # optimiser steps per round
     batch_size: int = 16  # examples (SFT) or pairs (DPO) per step
     train_text_encoder: bool = False  # also put a LoRA on the text encoder
+    unet_lora: str = "attention"  # U-Net LoRA scope: attention (every block) | cross_attention (attn2, reads the prompt) | none (text encoder only)
     cond_dropout: float = 0.1  # share of prompts replaced by "" (keeps the unconditional branch, as in pre-training)
     snr_gamma: float = 0.0  # min-SNR-gamma loss weighting of the SFT loss (the shapes generator was pre-trained with 5); 0 = uniform
     dpo_beta: float = 2000.0  # Diffusion-DPO beta (Wallace et al. use 5000 on SD 1.5's latents)
@@ -158,14 +159,16 @@ def _load_checkpoint(out: Path, modules: dict, optimizer) -> int:
 def prepare_lora(pipe, cfg: SFTConfig, init_lora: str | Path | None = None) -> dict:
     """Put trainable LoRA adapters named 'default' on the U-Net (and text encoders: SDXL has
     two): fresh, or loaded from a previous round's file (round k+1 continues round k's model)."""
-    from rewardiff.models.lora import add_lora
+    from rewardiff.models.lora import add_lora, unet_lora_targets
 
+    modules = {}
     if init_lora is not None:
         path = Path(init_lora)
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="default")
-    else:
-        add_lora(pipe.unet, rank=cfg.rank, alpha=cfg.alpha)
-    modules = {"unet": pipe.unet}
+        modules["unet"] = pipe.unet
+    elif cfg.unet_lora != "none":
+        add_lora(pipe.unet, rank=cfg.rank, alpha=cfg.alpha, targets=unet_lora_targets(cfg.unet_lora))
+        modules["unet"] = pipe.unet
     if cfg.train_text_encoder:
         for name in ("text_encoder", "text_encoder_2"):
             encoder = getattr(pipe, name, None)
@@ -315,3 +318,9 @@ def validate_sft_config(cfg: SFTConfig, where: str = "train") -> None:
             raise RewardiffError(f"{where}.{name} must be a finite number >= 0, got {value!r}")
     if not (is_finite_number(cfg.cond_dropout) and 0 <= cfg.cond_dropout < 1):
         raise RewardiffError(f"{where}.cond_dropout must be in [0, 1), got {cfg.cond_dropout!r}")
+    from rewardiff.models.lora import UNET_LORA_SCOPES
+
+    if cfg.unet_lora not in UNET_LORA_SCOPES:
+        raise RewardiffError(f"{where}.unet_lora must be one of {', '.join(UNET_LORA_SCOPES)}, got {cfg.unet_lora!r}")
+    if cfg.unet_lora == "none" and not cfg.train_text_encoder:
+        raise RewardiffError(f"{where}.unet_lora is 'none' and {where}.train_text_encoder is false: nothing would be trained")

@@ -146,15 +146,32 @@ def check_lora_fits(pipe, path: str | Path, layers: dict[str, LoraLayer]) -> Non
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 """Attention projections, as diffusers' train_text_to_image_lora.py and TexForce adapt."""
+UNET_LORA_SCOPES = ("attention", "cross_attention", "none")
+"""Which U-Net attention a trainer adapts: every attention block (the default), only the
+cross-attention that reads the prompt (`attn2`: a change the LoRA makes is then a function of the
+text, it cannot add a prompt-independent bias through self-attention), or none (text encoder only)."""
 
 
-def add_lora(module, rank: int = 4, alpha: float | None = None, targets: tuple[str, ...] | None = None, adapter_name: str = "default") -> None:
-    """Attach a trainable peft LoRA adapter (B initialised to zero: a no-op until trained)."""
+def unet_lora_targets(scope: str) -> tuple[str, ...] | str | None:
+    """peft `target_modules` of a U-Net LoRA scope (see UNET_LORA_SCOPES); None for 'none'."""
+    if scope == "attention":
+        return UNET_LORA_TARGETS
+    if scope == "cross_attention":
+        return r".*attn2\.(to_q|to_k|to_v|to_out\.0)"
+    if scope == "none":
+        return None
+    raise RewardiffError(f"unet LoRA scope must be one of {', '.join(UNET_LORA_SCOPES)}, got {scope!r}")
+
+
+def add_lora(module, rank: int = 4, alpha: float | None = None, targets: tuple[str, ...] | str | None = None, adapter_name: str = "default") -> None:
+    """Attach a trainable peft LoRA adapter (B initialised to zero: a no-op until trained).
+    `targets`: module-name suffixes, or one regex string (peft's full-name match)."""
     from peft import LoraConfig
 
     if targets is None:
         targets = TEXT_LORA_TARGETS if "TextModel" in type(module).__name__ else UNET_LORA_TARGETS
-    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian", target_modules=list(targets))
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights="gaussian",
+                        target_modules=targets if isinstance(targets, str) else list(targets))
     module.add_adapter(config, adapter_name=adapter_name)
 
 
