@@ -97,7 +97,7 @@ def test_train_sft_cli_writes_a_lora_that_diffusers_opens_and_resumes(rendered, 
 @pytest.mark.parametrize("overrides, message", [
     (["train.lr=.nan"], "train.lr"),
     (["train.steps=0"], "train.steps"),
-    (["train.loss=dpo"], "loss 'sft'"),
+    (["train.loss=dpo"], "needs pairs"),
     (["judge.thresholds={count: .inf}"], "judge.thresholds"),
     (["data=[]"], "no data"),
 ])
@@ -123,3 +123,25 @@ def test_out_inside_the_data_folder_and_foreign_prompts_are_refused(rendered, tm
         run_distill(_cfg(rendered, busy), pipe=None)  # refused before the pipeline is touched
     assert sorted(p.name for p in busy.iterdir()) == ["train_log.jsonl"] and (busy / "train_log.jsonl").read_text() == "{}\n"
 
+
+
+
+def test_dpo_keeps_pairs_whose_pick_passes_and_beats_its_worst(rendered, tmp_path):
+    """train.loss=dpo: each row's rejected_image is its worst candidate; a pair is kept only when
+    the pick passes the filter and out-scores the worst by judge.min_pair_gap."""
+    import shutil
+
+    paired = tmp_path / "paired"
+    shutil.copytree(rendered, paired)
+    rows = list(read_jsonl(paired / "metadata.jsonl"))
+    for n, r in enumerate(rows):  # the "worst": a render of the next prompt, which shows other objects
+        other = next(o for o in rows[n + 1:] + rows[:n] if o["prompt"] != r["prompt"] and o["prompt"] in PROMPTS)
+        r["rejected_image"] = other["image"]
+    (paired / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg(paired, tmp_path / "run", "train.loss=dpo")
+    data = load_distill_data(cfg, SelfJudge(cfg.judge), progress=False)
+    assert data.examples and all(e.rejected is not None for e in data.examples)
+    assert not {"three blue squares", "a green circle"} & {e.prompt for e in data.examples}  # their picks fail the filter
+    assert all(not (e.rejected == e.image).all() for e in data.examples)
+    with pytest.raises(RewardiffError, match="kept no pair"):
+        load_distill_data(_cfg(paired, tmp_path / "run2", "train.loss=dpo", "judge.min_pair_gap=100"), SelfJudge(cfg.judge), progress=False)

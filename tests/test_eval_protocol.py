@@ -137,6 +137,23 @@ def test_best_of_with_plain_run_reuses_candidate_zero_and_is_identical(tmp_path)
     assert not (tmp_path / "x").exists()
 
 
+def test_keep_worst_writes_the_lowest_candidate_beside_an_unchanged_pick(tmp_path, capsys):
+    """--keep-worst (DPO pairs for train sft): the picks are byte-identical to a run without it, and
+    each row names its lowest-scored candidate's image, seed and score."""
+    common = ["--prompts", "a red circle", "--num-images", "2", "--steps", "2", "--batch-size", "8", "--best-of", "3"]
+    assert main(["generate", *common, "--out", str(tmp_path / "best")]) == 0
+    assert main(["generate", *common, "--keep-worst", "--out", str(tmp_path / "pairs")]) == 0
+    best = list(read_jsonl(tmp_path / "best" / "metadata.jsonl"))
+    pairs = list(read_jsonl(tmp_path / "pairs" / "metadata.jsonl"))
+    for a, b in zip(best, pairs):
+        assert (tmp_path / "best" / a["image"]).read_bytes() == (tmp_path / "pairs" / b["image"]).read_bytes()
+        assert b["rejected_score"] <= b["judge_score"] and (tmp_path / "pairs" / b["rejected_image"]).is_file()
+        assert b["rejected_seed"] == image_seed(0, "a red circle", b["index"], b["rejected_candidate"])
+    capsys.readouterr()
+    assert main(["generate", "--prompts", "a red circle", "--keep-worst", "--out", str(tmp_path / "one")]) == 2
+    assert "--best-of 2" in capsys.readouterr().err and not (tmp_path / "one").exists()
+
+
 def test_compare_refuses_mismatched_runs(tmp_path, capsys):
     common = ["--steps", "1", "--batch-size", "8"]
     assert main(["generate", "--prompts", "a red circle", "--num-images", "2", *common, "--out", str(tmp_path / "a")]) == 0

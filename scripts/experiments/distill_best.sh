@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the shipped `shapes:best` LoRA (best-of-N distillation) and its two tables:
+# Best-of-N distillation by SFT (measured: it lowers the oracle; see the README) and its two tables:
 #   1. data      best-of-4 picks of the base generator on TRAINING prompts (shapes:train-eval's
 #                design, seed 1000: 1,316 images, 5,264 samples at 10 DDIM steps), judge@shapes
 #   2. train     `train sft`: the CCSR judge re-judges the picks, keeps exact counts/relations,
@@ -24,4 +24,4 @@ for split in train-eval eval; do
   $RD eval compare --base "$OUT/base_$split" --tuned "$OUT/lora_$split" --reward judge@shapes --reward clip@shapes \
       --out "$OUT/compare_$split"
 done
-echo "LoRA: $LORA  (ship: cp $LORA src/rewardiff/shapes/weights/best/lora.safetensors)"
+echo "LoRA: $LORA"

@@ -67,7 +67,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     cfg = _load(GenerateConfig, args, {
         "model": args.model, "prompts": args.prompts, "num_images": args.num_images, "seed": args.seed,
         "out": args.out, "batch_size": args.batch_size, "device": args.device, "loras": args.lora or None,
-        "sampling.steps": args.steps, "sampling.guidance": args.guidance, "best_of": args.best_of, "judge": args.judge,
+        "sampling.steps": args.steps, "sampling.guidance": args.guidance, "best_of": args.best_of, "judge": args.judge, "keep_worst": args.keep_worst,
         "plain": args.plain,
     })
     meta = run_generation(cfg)
@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="denoising steps (default 30)")
     p.add_argument("--best-of", type=int, metavar="N", help="sample N candidates per image, keep the one --judge scores highest (default 1)")
     p.add_argument("--judge", metavar="SPEC", help="reward spec that picks among best-of-N candidates (default judge@shapes)")
+    p.add_argument("--keep-worst", action="store_true", default=None,
+                   help="best-of-N: also write each image's lowest-scored candidate (rejected_image in metadata.jsonl): Diffusion-DPO pairs for train sft")
     p.add_argument("--plain", metavar="DIR", help="best-of-N: a finished plain run (--best-of 1, same settings) whose images are candidate 0, so each image costs N-1 samples")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 5.0)")
     p.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="LoRA safetensors, repeatable")
@@ -380,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(t, "rewardiff.algorithms.ddpo:DDPOConfig", "--set epochs=40 --set lr=3e-3")
     t.set_defaults(func=_cmd_train_ddpo)
 
-    t = tsub.add_parser("sft", help="best-of-N distillation: LoRA SFT on generated sets, re-judged (CCSR filter) and balanced per category (resumable)")
-    t.add_argument("--data", action="append", metavar="FOLDER", help="generated set with metadata.jsonl, e.g. from generate --best-of 4 (repeatable; replaces the preset's)")
+    t = tsub.add_parser("sft", help="best-of-N distillation: LoRA SFT on generated sets, or Diffusion-DPO on their (pick, worst) pairs (train.loss=dpo, data from generate --keep-worst), re-judged (CCSR filter) and balanced per category (resumable)")
+    t.add_argument("--data", action="append", metavar="FOLDER", help="generated set with metadata.jsonl, e.g. from generate --best-of 4 [--keep-worst] (repeatable; replaces the preset's)")
     t.add_argument("--out", help="run directory (lora/lora.safetensors, checkpoint/, train_log.jsonl, data.json)")
     t.add_argument("--seed", type=int, help="training seed (LoRA init, batches, noise)")
     t.add_argument("--device", help="cpu, cuda, ...")

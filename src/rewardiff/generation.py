@@ -161,6 +161,7 @@ class GenerateConfig:
     seed: int = 0  # base seed: image k of prompt p uses image_seed(seed, p, k)
     best_of: int = 1  # > 1: sample N candidates per image and keep the one the judge scores highest
     judge: str = "judge@shapes"  # reward spec that picks among best-of-N candidates
+    keep_worst: bool = False  # best-of-N: also write the judge's lowest-scored candidate (a Diffusion-DPO pair with the pick)
     plain: str = ""  # best-of-N: a finished plain run of the same settings whose images are candidate 0 (N-1 samples per image instead of N)
     batch_size: int = 16  # images per pipeline call
     out: str = "runs/generate"
@@ -183,6 +184,7 @@ def _run_signature(cfg: GenerateConfig, prompts: list[str]) -> dict:
         "judge": cfg.judge if cfg.best_of > 1 else None,
         "loras": list(cfg.loras),
         "sampling": asdict(cfg.sampling),
+        **({"keep_worst": True} if cfg.keep_worst else {}),
     }
 
 
@@ -206,6 +208,8 @@ def verified_rows(out: Path, prompts: list[str], counts: list[int]) -> tuple[lis
             ok = key not in seen and 0 <= key[0] < len(prompts) and row["prompt"] == prompts[key[0]] and 0 <= key[1] < counts[key[0]]
             if ok:
                 load_image(out / row["image"])
+                if "rejected_image" in row:
+                    load_image(out / row["rejected_image"])
         except (ValueError, KeyError, TypeError, FileNotFoundError):
             ok = False
         if not ok:
@@ -235,6 +239,8 @@ def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Pat
         raise RewardiffError("--num-images must be at least 1")
     if cfg.best_of < 1:
         raise RewardiffError(f"--best-of must be at least 1, got {cfg.best_of}")
+    if cfg.keep_worst and cfg.best_of < 2:
+        raise RewardiffError("--keep-worst needs --best-of 2 or more (the worst of N candidates)")
     if cfg.batch_size < 1:
         raise RewardiffError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     counts = images_per_prompt(cfg.prompts, prompts, cfg.num_images)
@@ -292,6 +298,10 @@ def _generate_into(folder, cfg: GenerateConfig, pipe, progress: bool, prompts: l
         rows = []
         for (i, k), (image, seed, extra) in zip(batch, picks):
             rel = f"images/{i:05d}_{k:03d}.png"
+            worst = extra.pop("rejected", None)
+            if worst is not None:
+                extra["rejected_image"] = f"images/{i:05d}_{k:03d}_worst.png"
+                save_png(out / extra["rejected_image"], worst)
             save_png(out / rel, image)
             rows.append({"prompt": prompts[i], "image": rel, "seed": seed, "model": cfg.model, "lora": lora_names, "prompt_index": i, "index": k, **extra})
         append_jsonl(meta_path, rows)
@@ -310,7 +320,7 @@ def _plain_candidates(cfg: GenerateConfig, signature: dict, prompts: list[str], 
     if marker is None or marker["command"] != "generate":
         raise RewardiffError(f"--plain {plain}: not a generate run")
     theirs = marker["settings"]
-    ours = normalise({**signature, "best_of": 1, "judge": None})
+    ours = normalise({**{k: v for k, v in signature.items() if k != "keep_worst"}, "best_of": 1, "judge": None})
     diffs = [k for k in ours if theirs.get(k) != ours[k]]
     if diffs:
         raise RewardiffError(f"--plain {plain}: a different run ({diffs[0]}: {theirs.get(diffs[0])!r} there, {ours[diffs[0]]!r} here); "
@@ -350,8 +360,13 @@ def _sample_batch(pipe, prompts: list[str], indices: list[int], cfg: GenerateCon
     if not bool(torch.isfinite(scores).all()):
         raise RewardiffError(f"best-of-{n}: the judge {cfg.judge} returned NaN or inf")
     best = scores.argmax(dim=1).tolist()  # first maximum: ties go to the lower candidate
-    return [(images[b * n + j], seeds[b * n + j], {"candidate": j, "judge_score": float(scores[b, j]), "best_of": n})
-            for b, j in enumerate(best)]
+    picks = [(images[b * n + j], seeds[b * n + j], {"candidate": j, "judge_score": float(scores[b, j]), "best_of": n})
+             for b, j in enumerate(best)]
+    if cfg.keep_worst:
+        for b, j in enumerate(scores.argmin(dim=1).tolist()):
+            picks[b][2].update(rejected=images[b * n + j], rejected_candidate=j, rejected_seed=seeds[b * n + j],
+                               rejected_score=float(scores[b, j]))
+    return picks
 
 
 def load_metadata(path: str | Path) -> tuple[list[dict], Path]:

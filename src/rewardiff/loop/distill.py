@@ -14,6 +14,13 @@ sample once afterwards. This module is that second half, for any generated set:
                form one group
   4. train     `algorithms.sft.train_lora` (resumable) -> OUT/lora/lora.safetensors
 
+With `train.loss: dpo` the data must hold pairs (`generate --best-of N --keep-worst`: each pick
+with its lowest-scored candidate) and Diffusion-DPO trains on (pick, worst): a pair is kept when
+the pick passes the filter and out-scores the worst by `judge.min_pair_gap`. SFT on a model's own
+picks also fits the texture of its own samples (the loss on fresh picks falls as much as on the
+training picks while the oracle falls); in DPO's loss what the pick and the worst share cancels,
+so only what the judges told apart (counts, colours, relations) drives the update.
+
 The oracle is never read: what is kept is decided by the judges alone. OUT/data.json records how
 many images each category had and kept.
 """
@@ -76,6 +83,7 @@ def load_distill_data(cfg: DistillConfig, judge: SelfJudge | None, progress: boo
         raise RewardiffError("train sft: no data; give --data FOLDER (a generated set with metadata.jsonl), repeatable")
     if cfg.filter and judge is None:
         raise RewardiffError("train sft: filter is on but no judge was given")
+    pairs = cfg.train.loss == "dpo"
     rows: list[dict] = []
     roots: list[Path] = []
     kept_flags: list[bool] = []
@@ -83,18 +91,25 @@ def load_distill_data(cfg: DistillConfig, judge: SelfJudge | None, progress: boo
         found, root = load_metadata(folder)
         rows.extend(found)
         roots.extend([root] * len(found))
-        if cfg.filter:
-            kept_flags.extend(bool(j["kept"]) for j in judge_rows(judge, found, root, cfg.judge.batch_size, progress, desc="judge data"))
-        else:
+        if not cfg.filter:
             kept_flags.extend([True] * len(found))
+            continue
+        chosen = judge_rows(judge, found, root, cfg.judge.batch_size, progress, desc="judge data")
+        if not pairs:
+            kept_flags.extend(bool(j["kept"]) for j in chosen)
+            continue
+        worst = judge_rows(judge, [{**r, "image": r["rejected_image"]} for r in found], root, cfg.judge.batch_size, progress, desc="judge worst")
+        kept_flags.extend(bool(c["kept"]) and c["score"] - w["score"] >= cfg.judge.min_pair_gap for c, w in zip(chosen, worst))
     categories = [_category(r["prompt"]) for r in rows]
     kept = [i for i, k in enumerate(kept_flags) if k]
     if not kept:
-        raise RewardiffError("train sft: the judge kept no image of the data (lower judge.thresholds or generate more)")
+        what = "pair (pick passing the filter and beating its worst by judge.min_pair_gap)" if pairs else "image"
+        raise RewardiffError(f"train sft: the judge kept no {what} of the data (lower judge.thresholds or generate more)")
     kept_categories = [categories[i] for i in kept]
     order, replicas = balanced_order(kept_categories) if cfg.balance else (list(range(len(kept))), Counter())
     images = {i: load_image(roots[i] / rows[i]["image"]) for i in kept}
-    examples = [TrainExample(rows[kept[j]]["prompt"], images[kept[j]]) for j in order]
+    rejected = {i: load_image(roots[i] / rows[i]["rejected_image"]) for i in kept} if pairs else {}
+    examples = [TrainExample(rows[kept[j]]["prompt"], images[kept[j]], rejected.get(kept[j])) for j in order]
     total = Counter(categories)
     kept_count = Counter(kept_categories)
     counts = {c: {"images": total[c], "kept": kept_count[c], "draw_weight": int(replicas.get(c, 1)) if cfg.balance else 1}
@@ -114,9 +129,12 @@ def check_distill_config(cfg: DistillConfig) -> None:
         if out == root.resolve() or root.resolve() in out.parents:
             raise RewardiffError(f"train sft: --out {cfg.out} lies inside the data folder {folder}; choose another --out")
         check_prompts_for_model(sorted({r["prompt"] for r in rows}), cfg.model)
+        if cfg.train.loss == "dpo":
+            unpaired = next((r for r in rows if "rejected_image" not in r), None)
+            if unpaired is not None:
+                raise RewardiffError(f"train sft: train.loss=dpo needs pairs, but {folder} has none for {unpaired['image']} "
+                                     "(generate it with --best-of N --keep-worst)")
     validate_sft_config(cfg.train)
-    if cfg.train.loss != "sft":
-        raise RewardiffError(f"train sft trains with loss 'sft' (DPO pairs come from the self-reward loop), got train.loss={cfg.train.loss!r}")
     bad = {k: v for k, v in cfg.judge.thresholds.items() if not is_finite_number(v)}
     if bad:
         raise RewardiffError(f"judge.thresholds must be finite numbers, got {bad}")
