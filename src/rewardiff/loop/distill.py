@@ -132,7 +132,6 @@ def run_distill(cfg: DistillConfig, pipe, progress: bool = True, runtime: Runtim
 
     check_distill_config(cfg)
     runtime = runtime or Runtime(cfg.device, cfg.train.mixed_precision, cfg.train.allow_tf32)
-    pipe.to(runtime.device)
     main = runtime.is_main
     with claim_run_folder_main(cfg.out, "train sft", settings_of(cfg, RESUME_FREE_FIELDS), cfg, main) as folder:
         judge = SelfJudge(cfg.judge, device=str(runtime.device)) if cfg.filter else None
@@ -145,4 +144,5 @@ def run_distill(cfg: DistillConfig, pipe, progress: bool = True, runtime: Runtim
                                            "examples": len(data.examples)})
             lines = ", ".join(f"{c} {v['kept']}/{v['images']} (x{v['draw_weight']})" for c, v in data.counts.items())
             print(f"[train sft] kept images by category: {lines}", flush=True)
+        pipe.to(runtime.device)
         return train_lora(pipe, data.examples, cfg.train, out, progress=progress, runtime=runtime)
