@@ -36,9 +36,9 @@ def _assert_close_tensors(a: Path, b: Path, atol: float) -> dict[str, torch.Tens
 
 def _assert_same_lora(a: Path, b: Path) -> dict[str, torch.Tensor]:
     # Adam's update is lr * m / sqrt(v): a weight whose gradient is near zero moves by up to lr
-    # on float noise alone; 2 steps of a broken split (half the batch, other noise) move every
-    # weight by ~lr, so a tolerance of lr / 10 tells the two apart
-    state = _assert_close_tensors(a, b, atol=LR / 10)
+    # on float noise alone (measured after 2 steps: 2e-7 SFT, 6e-6 DPO, 1.3e-4 ReFL); 2 steps of
+    # a broken split (half the batch, other noise) move the weights by ~lr each, other ways
+    state = _assert_close_tensors(a, b, atol=LR / 4)
     assert any(float(v.abs().sum()) > 0 for k, v in state.items() if "lora_B" in k or "up" in k)  # it trained
     return state
 
