@@ -2,18 +2,13 @@
 the CPU gives, within float tolerance, the LoRA of one process with the same global batch, and
 its checkpoint resumes in one process to the weights an uninterrupted one-process run reaches."""
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
 from accelerate_ddpo_run import run
-
-HERE = Path(__file__).resolve().parent
+from accelerate_launch import HERE, launch
 
 
 def _assert_same_lora(a: Path, b: Path, atol: float = 1e-5) -> None:
@@ -26,20 +21,7 @@ def _assert_same_lora(a: Path, b: Path, atol: float = 1e-5) -> None:
 
 
 def test_two_processes_equal_one_and_resume_in_one(tiny_sd_dir, tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    # accelerate 1.15's --cpu starts one process (multi-CPU needs mpirun); --multi_gpu starts
-    # torchrun workers, which the runtime joins on gloo since the run's device is cpu
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           str(HERE / "accelerate_ddpo_run.py"), str(tiny_sd_dir), str(tmp_path / "two"), "1"]
-    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = launcher.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)  # the workers too, not only the launcher
-        raise
-    assert launcher.returncode == 0, output[-3000:]
+    launch(HERE / "accelerate_ddpo_run.py", [str(tiny_sd_dir), str(tmp_path / "two"), "1"], port=29517)
     run(str(tiny_sd_dir), str(tmp_path / "one"), 1)
     _assert_same_lora(tmp_path / "two" / "lora.safetensors", tmp_path / "one" / "lora.safetensors")
     # resume the two-process checkpoint in one process; continue the one-process run alike

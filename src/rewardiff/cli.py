@@ -47,8 +47,13 @@ def _load(cls, args: argparse.Namespace, flags: dict[str, object]):
 
 
 def _report_at_end(run: str | Path) -> None:
-    """The HTML report of a finished run, RUN/report/index.html; its path is the last line printed."""
+    """The HTML report of a finished run, RUN/report/index.html; its path is the last line printed
+    (by the main process only under `accelerate launch`)."""
     from rewardiff.eval.report import write_report
+    from rewardiff.runtime import is_main_process
+
+    if not is_main_process():
+        return
 
     print(f"report: {write_report([Path(run)], Path(run) / 'report', on_note=print)}")
 
@@ -63,6 +68,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from rewardiff.generation import GenerateConfig, run_generation
+    from rewardiff.runtime import is_main_process
 
     cfg = _load(GenerateConfig, args, {
         "model": args.model, "prompts": args.prompts, "num_images": args.num_images, "seed": args.seed,
@@ -71,7 +77,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         "plain": args.plain,
     })
     meta = run_generation(cfg)
-    print(f"wrote {meta}")
+    if is_main_process():
+        print(f"wrote {meta}")
     return 0
 
 
@@ -97,12 +104,14 @@ def _cmd_eval_preference(args: argparse.Namespace) -> int:
 
 def _cmd_train_reward(args: argparse.Namespace) -> int:
     from rewardiff.algorithms.reward_model import RewardModelConfig, train_reward_model
+    from rewardiff.runtime import is_main_process
 
     cfg = _load(RewardModelConfig, args, {"data": args.data, "out": args.out, "seed": args.seed, "device": args.device})
     result = train_reward_model(cfg)
     test = f", test accuracy {100 * result.test_accuracy:.2f}%" if result.test_accuracy is not None else ""
-    print(f"best epoch {result.best_epoch}: validation accuracy {100 * result.best_val_accuracy:.2f}%{test}")
-    print(f"reward model written to {result.run / 'best'} (use it as --reward preference@{result.run})")
+    if is_main_process():
+        print(f"best epoch {result.best_epoch}: validation accuracy {100 * result.best_val_accuracy:.2f}%{test}")
+        print(f"reward model written to {result.run / 'best'} (use it as --reward preference@{result.run})")
     _report_at_end(result.run)
     return 0
 
@@ -155,13 +164,15 @@ def _cmd_train_ddpo(args: argparse.Namespace) -> int:
 def _cmd_train_sft(args: argparse.Namespace) -> int:
     from rewardiff.loop.distill import DistillConfig, check_distill_config, run_distill
     from rewardiff.models.pipeline import load_pipeline
+    from rewardiff.runtime import is_main_process, process_device
 
     cfg = _load(DistillConfig, args, {"data": args.data or None, "out": args.out, "train.seed": args.seed, "device": args.device,
                                       "train.lora_format": args.lora_format})
     check_distill_config(cfg)  # before loading anything
-    pipe, _ = load_pipeline(cfg.model, device=cfg.device)
+    pipe, _ = load_pipeline(cfg.model, device=process_device(cfg.device))  # this process's GPU under accelerate launch
     path = run_distill(cfg, pipe)
-    print(f"LoRA written to {path} (run: {cfg.out}: data.json, checkpoint/, train_log.jsonl, config.yaml)")
+    if is_main_process():
+        print(f"LoRA written to {path} (run: {cfg.out}: data.json, checkpoint/, train_log.jsonl, config.yaml)")
     _report_at_end(cfg.out)
     return 0
 

@@ -23,6 +23,7 @@ import torch
 
 from rewardiff.errors import RewardiffError
 from rewardiff.io_utils import append_jsonl, read_jsonl, save_png
+from rewardiff.runtime import Runtime
 from rewardiff.seeding import SEED_SCHEME, image_seed
 
 METADATA = "metadata.jsonl"
@@ -220,17 +221,23 @@ def verified_rows(out: Path, prompts: list[str], counts: list[int]) -> tuple[lis
     return kept, changed
 
 
-def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Path:
+def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True, runtime: Runtime | None = None) -> Path:
     """Generate cfg.num_images per prompt into cfg.out, resuming what a killed run left.
 
     Images are written (atomically) before their metadata rows, so a row always points to a
     complete PNG; a kill between the two only costs regenerating that batch. On resume every kept
     row is verified (verified_rows); the folder is claimed first (rewardiff.run_folder: owner
     checked, one writer at a time, a failed start leaves it as it was).
+
+    Under `accelerate launch` (`runtime`, default from cfg.device) the batches of one process's
+    run are dealt out in turn: in round r process k samples batch r * N + k, writes its PNGs, and
+    the main process appends the round's rows in batch order. Every batch holds the images it
+    holds in one process and each image has its own seed, so the images and the metadata are
+    byte for byte those of one process, and a killed run resumes under any number of processes.
     """
     from rewardiff.models.lora import parse_lora_spec
     from rewardiff.models.pipeline import resolve_model
-    from rewardiff.run_folder import claim_run_folder
+    from rewardiff.run_folder import claim_run_folder_main
 
     # every check first: a refused run writes nothing (its --out is left as it was)
     validate_sampling(cfg.sampling, "sampling")
@@ -252,12 +259,13 @@ def run_generation(cfg: GenerateConfig, pipe=None, progress: bool = True) -> Pat
 
     signature = _run_signature(cfg, prompts)
     reused = _plain_candidates(cfg, signature, prompts, counts) if cfg.plain and cfg.best_of > 1 else None
-    with claim_run_folder(cfg.out, "generate", signature, config=cfg) as folder:
-        return _generate_into(folder, cfg, pipe, progress, prompts, counts, sampling, loras, reused)
+    runtime = runtime or Runtime(cfg.device)
+    with claim_run_folder_main(cfg.out, "generate", signature, cfg, runtime.is_main) as folder:
+        return _generate_into(folder, cfg, pipe, progress, prompts, counts, sampling, loras, reused, runtime)
 
 
 def _generate_into(folder, cfg: GenerateConfig, pipe, progress: bool, prompts: list[str], counts: list[int],
-                   sampling: SamplingSettings, loras: list, reused: dict | None) -> Path:
+                   sampling: SamplingSettings, loras: list, reused: dict | None, runtime: Runtime) -> Path:
     from tqdm.auto import tqdm
 
     from rewardiff.io_utils import atomic_write_text
@@ -266,6 +274,8 @@ def _generate_into(folder, cfg: GenerateConfig, pipe, progress: bool, prompts: l
 
     out = folder.path
     meta_path = out / METADATA
+    main = runtime.is_main
+    runtime.wait()  # the main process has claimed the folder and recovered interrupted writes
     kept, changed = verified_rows(out, prompts, counts)
     done = {(r["prompt_index"], r["index"]) for r in kept}
     jobs = [(i, k) for i in range(len(prompts)) for k in range(counts[i]) if (i, k) not in done]
@@ -274,39 +284,46 @@ def _generate_into(folder, cfg: GenerateConfig, pipe, progress: bool, prompts: l
         if cfg.best_of > 1:
             from rewardiff.rewards.registry import build_rewards
 
-            judge = build_rewards([cfg.judge], device=cfg.device)
+            judge = build_rewards([cfg.judge], device=str(runtime.device))
         if pipe is None:
             from rewardiff.models.pipeline import resolve_dtype
 
-            pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.dtype, cfg.device))
+            pipe, _ = load_pipeline(cfg.model, device=str(runtime.device), dtype=resolve_dtype(cfg.dtype, cfg.device))
         apply_loras(pipe, loras)
 
     folder.commit()
-    if changed:  # drop rows a resume cannot trust (their images are redone below)
+    runtime.wait()  # every process has read the kept rows: the main process may write now
+    if changed and main:  # drop rows a resume cannot trust (their images are redone below)
         atomic_write_text(meta_path, "".join(json.dumps(r) + "\n" for r in kept))
     if not jobs:
         return meta_path
     lora_names = [str(s) for s in loras]
     total = sum(counts)
     bar = tqdm(total=total, initial=total - len(jobs), desc="generate" if judge is None else f"generate best-of-{cfg.best_of}",
-               unit="img", disable=not progress)
+               unit="img", disable=not (progress and main))
     per_call = max(1, cfg.batch_size // cfg.best_of)
-    for start in range(0, len(jobs), per_call):
-        batch = jobs[start : start + per_call]
-        plain = [reused[(i, k)] for i, k in batch] if reused is not None else None
-        picks = _sample_batch(pipe, [prompts[i] for i, _ in batch], [k for _, k in batch], cfg, sampling, judge, plain)
+    batches = [jobs[start : start + per_call] for start in range(0, len(jobs), per_call)]
+    for first in range(0, len(batches), runtime.num_processes):
+        turn = batches[first : first + runtime.num_processes]  # one batch per process this round
+        batch = turn[runtime.process_index] if runtime.process_index < len(turn) else []
         rows = []
-        for (i, k), (image, seed, extra) in zip(batch, picks):
-            rel = f"images/{i:05d}_{k:03d}.png"
-            worst = extra.pop("rejected", None)
-            if worst is not None:
-                extra["rejected_image"] = f"images/{i:05d}_{k:03d}_worst.png"
-                save_png(out / extra["rejected_image"], worst)
-            save_png(out / rel, image)
-            rows.append({"prompt": prompts[i], "image": rel, "seed": seed, "model": cfg.model, "lora": lora_names, "prompt_index": i, "index": k, **extra})
-        append_jsonl(meta_path, rows)
-        bar.update(len(batch))
+        if batch:
+            plain = [reused[(i, k)] for i, k in batch] if reused is not None else None
+            picks = _sample_batch(pipe, [prompts[i] for i, _ in batch], [k for _, k in batch], cfg, sampling, judge, plain)
+            for (i, k), (image, seed, extra) in zip(batch, picks):
+                rel = f"images/{i:05d}_{k:03d}.png"
+                worst = extra.pop("rejected", None)
+                if worst is not None:
+                    extra["rejected_image"] = f"images/{i:05d}_{k:03d}_worst.png"
+                    save_png(out / extra["rejected_image"], worst)
+                save_png(out / rel, image)
+                rows.append({"prompt": prompts[i], "image": rel, "seed": seed, "model": cfg.model, "lora": lora_names, "prompt_index": i, "index": k, **extra})
+        gathered = runtime.gather_objects(rows)  # after every process wrote its PNGs: rows never point to a missing image
+        if main:
+            append_jsonl(meta_path, [row for part in gathered for row in part])
+        bar.update(sum(len(b) for b in turn))
     bar.close()
+    runtime.wait()  # the metadata is complete when any process returns
     return meta_path
 
 

@@ -153,7 +153,18 @@ class Runtime:
 
         return reduce(torch.tensor(values, dtype=torch.float64, device=self.state.device), "sum").tolist()
 
+    def gather_objects(self, value: object) -> list:
+        """Every process's `value` (picklable: rows, counts), in process order, on every process."""
+        if self.num_processes == 1:
+            return [value]
+        import torch.distributed as dist
+
+        out: list = [None] * self.num_processes
+        dist.all_gather_object(out, value)
+        return out
+
     def wait(self) -> None:
+        """A barrier: what one process wrote before it, the others can read after it."""
         self.state.wait_for_everyone()
 
 
@@ -165,6 +176,15 @@ def process_device(device: str) -> str:
     if str(device).startswith("cuda") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return str(Runtime(device).device)
     return str(device)
+
+
+def is_main_process() -> bool:
+    """Whether this process prints the summary and writes the report: the only one of a plain
+    run, rank 0 of an `accelerate launch` (torchrun sets RANK), so N processes do not race on
+    one report folder."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def enable_gradient_checkpointing(modules: list) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import sys
 import time
@@ -64,6 +65,7 @@ from rewardiff.rewards.preference_model import (  # noqa: F401  (the saved model
     load_preference_model,
     pair_features,
 )
+from rewardiff.runtime import Runtime
 from rewardiff.train_log import TrainLog
 
 STATE, CACHE = "state", "cache"
@@ -268,20 +270,62 @@ def grouped_step_loss(model: PreferenceMLP, emb: Embeddings, t: PreferenceTensor
     return bradley_terry_loss(r.index_select(0, pairs[:, 0]), r.index_select(0, pairs[:, 1]))
 
 
+def dropout_masks(model: PreferenceMLP, rows: int, device: torch.device | str) -> list[torch.Tensor]:
+    """The masks (scaled by 1 / (1 - p)) every Dropout layer of `model` applies to `rows` inputs,
+    drawn from torch's RNG in layer order with nn.Dropout's own CPU arithmetic (one process's
+    training step is bit-identical to nn.Dropout's). Drawn for a whole batch on every process,
+    then sliced, they make a sharded step the one-process step."""
+    masks, width = [], model.in_dim
+    for layer in model.layers:
+        if isinstance(layer, nn.Linear):
+            width = layer.out_features
+        elif isinstance(layer, nn.Dropout):
+            keep = 1.0 - layer.p
+            mask = torch.empty(rows, width, device=device)
+            masks.append(mask.bernoulli_(keep).div_(keep) if keep > 0 else mask.zero_())
+    return masks
+
+
+def masked_forward(model: PreferenceMLP, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+    """model(x) in training mode with the given dropout masks (`dropout_masks` rows of x)."""
+    it = iter(masks)
+    for layer in model.layers:
+        x = x * next(it) if isinstance(layer, nn.Dropout) else layer(x)
+    return x.squeeze(-1)
+
+
 def run_epoch(model: PreferenceMLP, optimizer: torch.optim.Optimizer, emb: Embeddings, t: PreferenceTensors,
-              batch_pairs: int, generator: torch.Generator, bar=None, kind: str = "concat") -> float:
-    """One pass over the training pairs (grouped form); returns the pair-weighted mean loss."""
+              batch_pairs: int, generator: torch.Generator, bar=None, kind: str = "concat", runtime: Runtime | None = None) -> float:
+    """One pass over the training pairs (grouped form); returns the pair-weighted mean loss.
+
+    Under `accelerate launch` (`runtime`) each process scores its contiguous share of every
+    batch's prompts; the batches and dropout masks are drawn for the whole batch on every
+    process, each shard's loss is weighted by its share of the batch's pairs and the gradients
+    are summed, so every process takes the one-process step."""
+    runtime = runtime or Runtime(str(emb.image.device))
     model.train()
+    params = list(model.parameters())
     total, count = 0.0, 0
     for step, groups in enumerate(t.batches(batch_pairs, generator)):
-        loss = grouped_step_loss(model, emb, t, groups, kind)
-        if not torch.isfinite(loss):
-            raise RewardiffError(f"loss became {float(loss)} at step {step} of the epoch (learning rate too high?)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        n = int((t.pair_ptr[groups + 1] - t.pair_ptr[groups]).sum())
-        total, count = total + loss.item() * n, count + n
+        sizes = t.group_ptr[groups + 1] - t.group_ptr[groups]
+        npairs = t.pair_ptr[groups + 1] - t.pair_ptr[groups]
+        masks = dropout_masks(model, int(sizes.sum()), emb.image.device)
+        lo = len(groups) * runtime.process_index // runtime.num_processes
+        hi = len(groups) * (runtime.process_index + 1) // runtime.num_processes
+        rows = slice(int(sizes[:lo].sum()), int(sizes[:hi].sum()))  # this shard's images within the batch
+        n_all, n_mine = int(npairs.sum()), int(npairs[lo:hi].sum())
+        local = 0.0
+        if n_mine:
+            positions, pairs = t.gather(groups[lo:hi])
+            r = masked_forward(model, t.features(emb, positions, kind), [m[rows] for m in masks])
+            loss = bradley_terry_loss(r.index_select(0, pairs[:, 0]), r.index_select(0, pairs[:, 1])) * (n_mine / n_all)
+            loss.backward()
+            local = loss.item()
+        batch_loss = runtime.sum([local])[0]
+        if not math.isfinite(batch_loss):
+            raise RewardiffError(f"loss became {batch_loss} at step {step} of the epoch (learning rate too high?)")
+        runtime.step(params, optimizer, 0.0, reduce="sum")
+        total, count = total + batch_loss * n_all, count + n_all
         if bar is not None:
             bar.update(1)
     return total / max(count, 1)
@@ -328,16 +372,20 @@ class TrainResult:
 
 
 def fit(cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: PreferenceTensors,
-        test: PreferenceTensors | None = None, embedder_key: str = "", progress: bool = True, folder=None) -> TrainResult:
+        test: PreferenceTensors | None = None, embedder_key: str = "", progress: bool = True, folder=None,
+        runtime: Runtime | None = None) -> TrainResult:
     """Train on cached embeddings; write cfg.out/{config.yaml, best/, state/, train_log.jsonl,
     tensorboard/, metrics.json}. Resumes from cfg.out/state if it is there. `folder`: cfg.out
-    already claimed (rewardiff.run_folder) by the caller; else fit claims it."""
+    already claimed (rewardiff.run_folder) by the caller; else fit claims it. Under `accelerate
+    launch` (`runtime`, default from cfg.device) every process trains on its shard of each batch
+    (`run_epoch`) and holds the same model; the main process owns the folder and writes."""
+    runtime = runtime or Runtime(cfg.device)
     if folder is None:
-        from rewardiff.run_folder import claim_run_folder
+        from rewardiff.run_folder import claim_run_folder_main
 
-        with claim_run_folder(cfg.out, "train-reward", reward_run_settings(cfg), config=cfg) as claimed:
-            return _fit_in(claimed, cfg, emb, train, val, test, embedder_key, progress)
-    return _fit_in(folder, cfg, emb, train, val, test, embedder_key, progress)
+        with claim_run_folder_main(cfg.out, "train-reward", reward_run_settings(cfg), cfg, runtime.is_main) as claimed:
+            return _fit_in(claimed, cfg, emb, train, val, test, embedder_key, progress, runtime)
+    return _fit_in(folder, cfg, emb, train, val, test, embedder_key, progress, runtime)
 
 
 def reward_run_settings(cfg: RewardModelConfig) -> dict:
@@ -348,7 +396,7 @@ def reward_run_settings(cfg: RewardModelConfig) -> dict:
 
 
 def _fit_in(folder, cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTensors, val: PreferenceTensors,
-            test: PreferenceTensors | None, embedder_key: str, progress: bool) -> TrainResult:
+            test: PreferenceTensors | None, embedder_key: str, progress: bool, runtime: Runtime) -> TrainResult:
     from tqdm.auto import tqdm
 
     t0 = time.time()
@@ -361,7 +409,8 @@ def _fit_in(folder, cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTe
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out = folder.path
-    device = torch.device(cfg.device)
+    device = runtime.device
+    main = runtime.is_main
     emb = Embeddings(emb.image.to(device), emb.text.to(device))
     in_dim = feature_width(emb.image.shape[1], emb.text.shape[1], cfg.features)
     meta = {"features": cfg.features, "in_dim": in_dim, "image_dim": emb.image.shape[1], "text_dim": emb.text.shape[1], "embedder": embedder_key}
@@ -371,8 +420,10 @@ def _fit_in(folder, cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTe
     optimizer = make_optimizer(model, cfg)
     state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0}
     state_dir = out / STATE
+    runtime.wait()  # the main process has checked the folder and recovered interrupted writes
     if (state_dir / "state.json").is_file() and not _state_intact(state_dir):
-        print(f"warning: {state_dir} is broken; training starts over", file=sys.stderr)
+        if main:
+            print(f"warning: {state_dir} is broken; training starts over", file=sys.stderr)
     elif (state_dir / "state.json").is_file():
         saved = json.loads((state_dir / "state.json").read_text())
         if saved.get("meta", {}).get("in_dim") != in_dim:
@@ -386,18 +437,19 @@ def _fit_in(folder, cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTe
         state = {k: saved[k] for k in state}
     folder.commit()
 
-    logger = TrainLog(out)
-    logger.keep_until("reward_model", state["epoch"], step_key="epoch")
+    logger = TrainLog(out) if main else None
+    if logger is not None:
+        logger.keep_until("reward_model", state["epoch"], step_key="epoch")
     history = []
     remaining = max(cfg.epochs - state["epoch"], 0)
     steps_per_epoch = len(train.batches(cfg.batch_pairs, torch.Generator().manual_seed(0)))
-    bar = tqdm(total=remaining * steps_per_epoch, desc="train reward", unit="step", disable=not progress)
+    bar = tqdm(total=remaining * steps_per_epoch, desc="train reward", unit="step", disable=not (progress and main))
     try:
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             e0 = time.time()
             seed = _epoch_seed(cfg.seed, epoch)
             torch.manual_seed(seed)  # dropout masks
-            loss = run_epoch(model, optimizer, emb, train, cfg.batch_pairs, torch.Generator().manual_seed(seed), bar, cfg.features)
+            loss = run_epoch(model, optimizer, emb, train, cfg.batch_pairs, torch.Generator().manual_seed(seed), bar, cfg.features, runtime)
             val_acc = split_accuracy(model, emb, val, cfg.features)
             row = {"train_loss": loss, "val_accuracy": val_acc, "seconds": time.time() - e0}
             if val_acc > state["best_val_accuracy"]:
@@ -409,7 +461,8 @@ def _fit_in(folder, cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTe
                     save_config(cfg, tmp / CONFIG_FILE)
                     write_json(tmp / META_FILE, {**meta, "epoch": epoch, "val_accuracy": val_acc})
 
-                write_folder_atomically(out / BEST, write_best)
+                if main:
+                    write_folder_atomically(out / BEST, write_best)
             state["epoch"] = epoch
             recipe = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE}
             weights, opt_state, saved = _weights(model), optimizer.state_dict(), {**state, "meta": meta, "recipe": recipe}
@@ -419,20 +472,25 @@ def _fit_in(folder, cfg: RewardModelConfig, emb: Embeddings, train: PreferenceTe
                 torch.save(opt_state, tmp / "optimizer.pt")
                 (tmp / "state.json").write_text(json.dumps(saved))
 
-            logger.log("reward_model", epoch, step_key="epoch", **row)  # before the state: a kill between drops the row on resume
-            write_folder_atomically(state_dir, write_state)
+            if main:
+                logger.log("reward_model", epoch, step_key="epoch", **row)  # before the state: a kill between drops the row on resume
+                write_folder_atomically(state_dir, write_state)
             history.append({"epoch": epoch, **row})
             bar.set_postfix(loss=f"{loss:.4f}", val=f"{val_acc:.4f}")
     finally:
         bar.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
 
+    runtime.wait()  # best/ is written
     best = PreferenceMLP(in_dim, cfg.hidden, cfg.dropout).to(device)
     best.load_state_dict(load_file(str(out / BEST / WEIGHTS_FILE), device=str(device)))
     test_acc = split_accuracy(best, emb, test, cfg.features) if test is not None and test.num_pairs else None
-    write_json(out / "metrics.json", {"best_epoch": state["best_epoch"], "best_val_accuracy": state["best_val_accuracy"],
-                                      "test_accuracy": test_acc, "train_pairs": train.num_pairs, "val_pairs": val.num_pairs,
-                                      "test_pairs": test.num_pairs if test is not None else 0})
+    if main:
+        write_json(out / "metrics.json", {"best_epoch": state["best_epoch"], "best_val_accuracy": state["best_val_accuracy"],
+                                          "test_accuracy": test_acc, "train_pairs": train.num_pairs, "val_pairs": val.num_pairs,
+                                          "test_pairs": test.num_pairs if test is not None else 0})
+    runtime.wait()
     return TrainResult(out, state["best_epoch"], state["best_val_accuracy"], test_acc, time.time() - t0, history)
 
 
@@ -446,24 +504,31 @@ def _state_intact(state_dir: Path) -> bool:
     return safetensors_intact(state_dir / WEIGHTS_FILE)
 
 
-def train_reward_model(cfg: RewardModelConfig, embedder: Embedder | None = None, progress: bool = True) -> TrainResult:
+def train_reward_model(cfg: RewardModelConfig, embedder: Embedder | None = None, progress: bool = True,
+                       runtime: Runtime | None = None) -> TrainResult:
     """`rewardiff train-reward`: load + validate the dataset, embed it once (cached), fit.
 
     `embedder` is injected (tests, other feature extractors); by default the frozen CLIP named
-    by cfg.clip, which is also what the `preference@RUN` reward rebuilds at scoring time."""
+    by cfg.clip, which is also what the `preference@RUN` reward rebuilds at scoring time. Under
+    `accelerate launch` the main process fills the embedding cache and the others read it."""
     if not cfg.data:
         raise RewardiffError("no preference dataset given (--data DIR)")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    from rewardiff.run_folder import claim_run_folder
+    from rewardiff.run_folder import claim_run_folder_main
 
+    runtime = runtime or Runtime(cfg.device)
     dataset = load_preference_dataset(cfg.data, cfg.min_images, cfg.max_images)
-    with claim_run_folder(cfg.out, "train-reward", reward_run_settings(cfg), config=cfg) as folder:
+    with claim_run_folder_main(cfg.out, "train-reward", reward_run_settings(cfg), cfg, runtime.is_main) as folder:
         if embedder is None:
-            embedder = _LazyClip(cfg.clip, cfg.device)
-        emb = EmbeddingCache(dataset, embedder, cfg.embed_batch, progress).load()
+            embedder = _LazyClip(cfg.clip, str(runtime.device))
+        cache = EmbeddingCache(dataset, embedder, cfg.embed_batch, progress and runtime.is_main)
+        emb = cache.load() if runtime.is_main else None
+        runtime.wait()  # the cache is written
+        if emb is None:
+            emb = cache.load()
         splits = {s: PreferenceTensors.from_dataset(dataset, s) for s in ("train", "validation", "test")}
-        return fit(cfg, emb, splits["train"], splits["validation"], splits["test"], str(embedder.key), progress, folder=folder)
+        return fit(cfg, emb, splits["train"], splits["validation"], splits["test"], str(embedder.key), progress, folder=folder, runtime=runtime)
 
 
 class _LazyClip:

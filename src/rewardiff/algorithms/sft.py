@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta, save_lora_state
 from rewardiff.diffusion.conditioning import Conditioning, as_conditioning, encode_text, text_encoders
-from rewardiff.diffusion.training_loss import denoising_loss, diffusion_target, sample_timesteps, timestep_bounds
+from rewardiff.diffusion.training_loss import denoising_loss, diffusion_target, draw_noise, timestep_bounds
 from rewardiff.errors import RewardiffError
 from rewardiff.models.lora import adapters_disabled
 from rewardiff.runtime import Runtime, check_precision, enable_gradient_checkpointing
@@ -245,7 +245,9 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
             runtime.backward(loss / cfg.gradient_accumulation)
             losses.append(float(loss.detach()))
         grad_norm = runtime.step(params, optimizer, cfg.grad_clip, reduce="mean")
-        mean_loss = runtime.sum([sum(losses) / len(losses)])[0] / runtime.num_processes
+        names = sorted(metrics)  # DPO's are of this process's shard: averaged like the loss
+        mean_loss, *values = [v / runtime.num_processes for v in runtime.sum([sum(losses) / len(losses), *(metrics[k] for k in names)])]
+        metrics = dict(zip(names, values))
         if log is not None:
             log.log(cfg.loss, step + 1, loss=mean_loss, grad_norm=grad_norm, **metrics)
         bar.update(1)
@@ -268,17 +270,21 @@ def train_lora(pipe, examples: list[TrainExample], cfg: SFTConfig, out: str | Pa
 def _micro_step(pipe, cfg: SFTConfig, step: int, micro: int, runtime: Runtime, examples: list[TrainExample], prompts: list[str],
                 latents_w: torch.Tensor, latents_l: torch.Tensor | None, cached_text: dict | None,
                 size: tuple[int, int]) -> tuple[torch.Tensor, dict[str, float]]:
-    """(loss, metrics) of micro-batch `micro` of optimiser step `step`: this process's shard of
-    the global batch drawn from RNGs seeded by (seed, step, micro); its noise and timesteps from a
-    generator of (seed, step, micro, process) (micro 0 of one process: the seeds of before)."""
+    """(loss, metrics) of micro-batch `micro` of optimiser step `step` on this process's shard.
+
+    Everything random is drawn for the global batch, as one process draws it, and then sharded:
+    the examples and prompt dropout from an RNG seeded by (seed, step, micro), the noise and
+    timesteps from a generator of the same key. So every process count trains on the same
+    samples (and one process on those of before the runtime existed)."""
     key = cfg.seed * 1_000_003 + step
     rng = random.Random(key if micro == 0 else f"{key}:{micro}")
-    noise_key = key if micro == 0 and runtime.process_index == 0 else int(np.random.SeedSequence([key, micro, runtime.process_index]).generate_state(1)[0])
+    noise_key = key if micro == 0 else int(np.random.SeedSequence([key, micro, 0]).generate_state(1)[0])
     gen = torch.Generator().manual_seed(noise_key)
     idx = [rng.randrange(len(examples)) for _ in range(min(cfg.batch_size, len(examples)))]
     batch_prompts = ["" if rng.random() < cfg.cond_dropout else prompts[i] for i in idx]
+    noise, t = draw_noise(pipe.scheduler, (len(idx), *latents_w.shape[1:]), gen, cfg.timesteps)
     part = runtime.shard(len(idx), "examples per batch")
-    idx, batch_prompts = idx[part], batch_prompts[part]
+    idx, batch_prompts, noise, t = idx[part], batch_prompts[part], noise[part], t[part]
     device = pipe.unet.device
     if cached_text is not None:
         text = Conditioning.cat([cached_text[p] for p in batch_prompts]).to(device)
@@ -286,11 +292,9 @@ def _micro_step(pipe, cfg: SFTConfig, step: int, micro: int, runtime: Runtime, e
         text = _encode(pipe, batch_prompts, size)
     z0 = latents_w[idx].to(device)
     if cfg.loss == "sft":
-        return denoising_loss(pipe.unet, pipe.scheduler, z0, text, gen, cfg.snr_gamma, cfg.timesteps), {}
-    noise = torch.randn(z0.shape, generator=gen).to(device)
-    t = sample_timesteps(pipe.scheduler, len(idx), gen, cfg.timesteps).to(device)
+        return denoising_loss(pipe.unet, pipe.scheduler, z0, text, snr_gamma=cfg.snr_gamma, noise=(noise, t)), {}
     zl = latents_l[idx].to(device)
-    err, ref = dpo_errors(pipe, z0, zl, noise, t, text, batch_prompts if cfg.train_text_encoder else None)
+    err, ref = dpo_errors(pipe, z0, zl, noise.to(device), t.to(device), text, batch_prompts if cfg.train_text_encoder else None)
     b = len(idx)
     loss, metrics = diffusion_dpo_loss(err[:b], err[b:], ref[:b], ref[b:], cfg.dpo_beta)
     if cfg.dpo_sft_weight:

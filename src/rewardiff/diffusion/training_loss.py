@@ -57,14 +57,25 @@ def sample_timesteps(scheduler, n: int, gen: torch.Generator, fraction: tuple[fl
     return torch.randint(lo, hi, (n,), generator=gen)
 
 
-def denoising_loss(unet, scheduler, latents: torch.Tensor, cond: Conditioning | torch.Tensor, gen: torch.Generator, snr_gamma: float = 0.0,
-                   timesteps: tuple[float, float] | list[float] = (0.0, 1.0)) -> torch.Tensor:
+def draw_noise(scheduler, shape: tuple[int, ...] | torch.Size, gen: torch.Generator,
+               timesteps: tuple[float, float] | list[float] = (0.0, 1.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noise, t) of a batch of latents of `shape`, drawn on the CPU from `gen` in that order.
+    A multi-process trainer draws them for the global batch and takes its rows, so its samples
+    do not depend on the number of processes."""
+    noise = torch.randn(tuple(shape), generator=gen)
+    return noise, sample_timesteps(scheduler, int(shape[0]), gen, timesteps)
+
+
+def denoising_loss(unet, scheduler, latents: torch.Tensor, cond: Conditioning | torch.Tensor, gen: torch.Generator | None = None,
+                   snr_gamma: float = 0.0, timesteps: tuple[float, float] | list[float] = (0.0, 1.0),
+                   noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The standard diffusion training loss of one batch: noise and timesteps drawn (on the CPU,
-    in that order) from `gen` (timesteps from the `timesteps` fraction of the schedule), per-example
-    MSE to `diffusion_target`, min-SNR weighted, mean. `cond` is SD embeddings (B, L, D) or a
-    `Conditioning` (SDXL: pooled embeds and time ids as added cond kwargs)."""
-    noise = torch.randn(latents.shape, generator=gen).to(latents.device)
-    t = sample_timesteps(scheduler, len(latents), gen, timesteps).to(latents.device)
-    pred = unet(scheduler.add_noise(latents, noise, t), t, **as_conditioning(cond).unet_kwargs()).sample
-    per_example = ((pred.float() - diffusion_target(scheduler, latents, noise, t).float()) ** 2).mean(dim=(1, 2, 3))
+    in that order) from `gen` (timesteps from the `timesteps` fraction of the schedule), or given
+    as `noise` = (noise, t) (`draw_noise`), per-example MSE to `diffusion_target`, min-SNR
+    weighted, mean. `cond` is SD embeddings (B, L, D) or a `Conditioning` (SDXL: pooled embeds and
+    time ids as added cond kwargs)."""
+    eps, t = noise if noise is not None else draw_noise(scheduler, latents.shape, gen, timesteps)
+    eps, t = eps.to(latents.device), t.to(latents.device)
+    pred = unet(scheduler.add_noise(latents, eps, t), t, **as_conditioning(cond).unet_kwargs()).sample
+    per_example = ((pred.float() - diffusion_target(scheduler, latents, eps, t).float()) ** 2).mean(dim=(1, 2, 3))
     return (per_example * min_snr_weight(scheduler, t, snr_gamma).to(per_example.device)).mean()

@@ -36,6 +36,7 @@ from rewardiff.errors import RewardiffError
 from rewardiff.generation import check_prompts_for_model, is_finite_number, load_metadata
 from rewardiff.io_utils import load_image, write_json
 from rewardiff.judges.self_judge import JudgeConfig, SelfJudge, judge_rows
+from rewardiff.runtime import Runtime
 
 
 RESUME_FREE_FIELDS = ("out", "device", "train.steps", "train.checkpoint_every")
@@ -140,18 +141,26 @@ def check_distill_config(cfg: DistillConfig) -> None:
         raise RewardiffError(f"judge.thresholds must be finite numbers, got {bad}")
 
 
-def run_distill(cfg: DistillConfig, pipe, progress: bool = True) -> Path:
-    """Filter, balance and fine-tune; returns OUT/lora/lora.safetensors (resumes a killed run)."""
-    from rewardiff.run_folder import claim_run_folder, settings_of
+def run_distill(cfg: DistillConfig, pipe, progress: bool = True, runtime: Runtime | None = None) -> Path:
+    """Filter, balance and fine-tune; returns OUT/lora/lora.safetensors (resumes a killed run).
+
+    Under `accelerate launch` (`runtime`, default from cfg) every process judges the data alike
+    and trains on its shard of each batch; the main process owns and writes the run folder."""
+    from rewardiff.run_folder import claim_run_folder_main, settings_of
 
     check_distill_config(cfg)
-    with claim_run_folder(cfg.out, "train sft", settings_of(cfg, RESUME_FREE_FIELDS), config=cfg) as folder:
-        judge = SelfJudge(cfg.judge, device=cfg.device) if cfg.filter else None
-        data = load_distill_data(cfg, judge, progress)
+    runtime = runtime or Runtime(cfg.device, cfg.train.mixed_precision, cfg.train.allow_tf32)
+    main = runtime.is_main
+    with claim_run_folder_main(cfg.out, "train sft", settings_of(cfg, RESUME_FREE_FIELDS), cfg, main) as folder:
+        judge = SelfJudge(cfg.judge, device=str(runtime.device)) if cfg.filter else None
+        data = load_distill_data(cfg, judge, progress and main)
         folder.commit()
+        runtime.wait()  # the main process has checked the folder's owner and recovered its writes
         out = folder.path
-        write_json(out / "data.json", {"sources": cfg.data, "filter": cfg.filter, "balance": cfg.balance, "categories": data.counts,
-                                       "examples": len(data.examples)})
-        lines = ", ".join(f"{c} {v['kept']}/{v['images']} (x{v['draw_weight']})" for c, v in data.counts.items())
-        print(f"[train sft] kept images by category: {lines}", flush=True)
-        return train_lora(pipe, data.examples, cfg.train, out, progress=progress)
+        if main:
+            write_json(out / "data.json", {"sources": cfg.data, "filter": cfg.filter, "balance": cfg.balance, "categories": data.counts,
+                                           "examples": len(data.examples)})
+            lines = ", ".join(f"{c} {v['kept']}/{v['images']} (x{v['draw_weight']})" for c, v in data.counts.items())
+            print(f"[train sft] kept images by category: {lines}", flush=True)
+        pipe.to(runtime.device)
+        return train_lora(pipe, data.examples, cfg.train, out, progress=progress, runtime=runtime)
