@@ -17,12 +17,4 @@ export HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 $RD generate --prompts shapes:train-eval --seed 1000 --steps 10 --best-of 4 --keep-worst --judge judge@shapes --batch-size 64 --out "$OUT/pairs"
 $RD train sft --config configs/distill_dpo_shapes.yaml --data "$OUT/pairs" --out "$OUT/dpo" "$@"
-LORA="$OUT/dpo/lora/lora.safetensors"
-for split in train-eval eval; do
-  $RD generate --prompts "shapes:$split" --seed 0 --steps 10 --batch-size 64 --out "$OUT/base_$split"
-  $RD generate --prompts "shapes:$split" --seed 0 --steps 10 --batch-size 64 --lora "$LORA" --out "$OUT/lora_$split"
-  echo "== shapes:$split"
-  $RD eval compare --base "$OUT/base_$split" --tuned "$OUT/lora_$split" --reward judge@shapes --reward clip@shapes \
-      --out "$OUT/compare_$split"
-done
-echo "LoRA: $LORA"
+bash scripts/experiments/select_and_report.sh "$OUT" "$OUT/dpo/lora/lora.safetensors"
