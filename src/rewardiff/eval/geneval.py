@@ -9,9 +9,16 @@ Prompt metadata is GenEval's `evaluation_metadata.jsonl` format, one line per pr
 tags: single_object, two_object, counting, colors, position, color_attr. `position: [REL, i]` on
 an include says where its objects lie relative to include i's. Shapes-world prompts get their
 metadata from `shapes_metadata` (single -> colors, pair -> color_attr, counting, position), with
-the detector's "{colour} {shape}" names as classes. A row's check is GenEval's `evaluate`: each
-include needs at least `count` detections of its class (its `color`, if any, is asked of the
-detector as "{color} {class}": an open-vocabulary stand-in for GenEval's CLIP colour classifier),
+the detector's "{colour} {shape}" names as classes and, since the world's prompts mean exactly the
+objects they name (SHAPES.md), an exclude for every other class of the world's vocabulary (GenEval
+writes "exactly N" of counting the same way: exclude N + 1). Detection follows GenEval's
+`evaluate_image`: the detector is asked for the whole vocabulary of the run (every class of the
+metadata, as GenEval runs Mask2Former over all 80 COCO classes), boxes above the task's threshold
+are kept (counting has its own, as in GenEval; the shapes detector's values: OBJECT_THRESHOLD),
+duplicates are suppressed (NMS), and at most MAX_OBJECTS per class are kept, best first. A row's
+check is GenEval's `evaluate`: each include needs at least `count` detections of its class (its
+`color`, if any, is asked of the detector as "{color} {class}": an open-vocabulary stand-in for
+GenEval's CLIP colour classifier),
 each position relation must hold between every found object and every object of its target group
 (GenEval's `relative_position`: centre offset beyond POSITION_THRESHOLD x the summed box sizes,
 direction within 60 degrees of the axis), and each exclude fails the image at `count` detections.
@@ -37,37 +44,56 @@ from rewardiff.io_utils import atomic_write_text, load_image, write_json
 
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 SHAPES_TASK = {"single": "colors", "pair": "color_attr", "counting": "counting", "position": "position"}
-OBJECT_THRESHOLD = {"shapes": 0.15}
-COUNTING_THRESHOLD = {"shapes": 0.35}
-"""GenEval counts with a stricter detector threshold than it finds objects with (0.9 vs 0.3 for its
-Mask2Former): an extra box fails a counting prompt. For the shapes detector (confidences ~0.3-0.6)
-the values were chosen on renders of 200 TRAINING prompts against their render truth (accuracy
-0.950 at 0.15 / 0.35 vs 0.900 at the detector's own 0.3; scripts/experiments/geneval_thresholds.py);
-`--threshold` / `--counting-threshold` override them; other detectors default to 0.3 for both."""
+OBJECT_THRESHOLD = {"shapes": 0.125}
+COUNTING_THRESHOLD = {"shapes": 0.075}
+NMS_IOU = {"shapes": 0.1}
+CLASS_AGNOSTIC_NMS = {"shapes": True}
+"""The shapes detector's post-processing. GenEval's own values (0.3; 0.9 for counting; no NMS beyond
+Mask2Former's) belong to Mask2Former, whose confidences sit near 1; the shapes detector's true
+objects score 0.2-0.8 and one object's neighbouring patches predict near-duplicate boxes, often
+under another shape's name. So each box keeps its best class only (one label per box, as OWLv2's
+post-processing) and duplicates are suppressed across classes at IoU 0.1 (the world's objects never
+touch, SHAPES.md). These four were chosen together with the world's exact-objects excludes on
+base-generator images of TRAINING prompts (runs/distil/base_te, shapes:train-eval) and reported on
+the held-out shapes:eval images (scripts/experiments/geneval_agreement.py); `--threshold` /
+`--counting-threshold` override the thresholds. Other detectors: 0.3 for both, per-class NMS at the
+detector's 0.3."""
+MAX_OBJECTS = 16
+"""GenEval's `max_objects`: detections kept per class, best first."""
 POSITION_THRESHOLD = 0.1
 """GenEval: a relation needs the centres apart by more than 0.1 x the summed box sizes."""
 RESULT_JSON, RESULT_MD, RESULT_ROWS = "geneval.json", "geneval.md", "geneval_results.jsonl"
 
 
-def shapes_metadata(prompt: str) -> dict:
-    """GenEval metadata for a shapes prompt, classes named as the shapes detector's ("red circle")."""
+def shapes_metadata(prompt: str, exact: bool = True) -> dict:
+    """GenEval metadata for a shapes prompt, classes named as the shapes detector's ("red circle").
+
+    `exact` (the world's meaning, SHAPES.md: an image shows exactly the objects its prompt names,
+    nothing else): exclude every class of the detector's vocabulary beyond the prompt's counts, as
+    GenEval's counting metadata excludes count + 1. exact=False is GenEval's own metadata (excludes
+    for counting only)."""
+    from rewardiff.shapes.judges.detector import CLASS_NAMES
     from rewardiff.shapes.palette import POSITION_MARGIN_PX
     from rewardiff.shapes.prompts import parse_prompt
 
     spec = parse_prompt(prompt)
     names = [f"{c} {s}" for c, s in spec.objects]
     tag = SHAPES_TASK[spec.category]
-    if spec.category == "counting":
-        return {"tag": tag, "prompt": prompt, "include": [{"class": names[0], "count": len(names)}],
-                "exclude": [{"class": names[0], "count": len(names) + 1}]}
-    if spec.category == "position":  # GenEval: the second include lies REL of the first ("A left of B" -> B, then A)
-        return {"tag": tag, "prompt": prompt, "include": [{"class": names[1], "count": 1},
-                                                          {"class": names[0], "count": 1, "position": [spec.relation, 0]}],
-                "position_margin_px": POSITION_MARGIN_PX}  # what the world's position words mean (SHAPES.md)
     counts: dict[str, int] = {}
     for n in names:
         counts[n] = counts.get(n, 0) + 1
-    return {"tag": tag, "prompt": prompt, "include": [{"class": n, "count": k} for n, k in counts.items()]}
+    if spec.category == "counting":
+        meta = {"tag": tag, "prompt": prompt, "include": [{"class": names[0], "count": len(names)}],
+                "exclude": [{"class": names[0], "count": len(names) + 1}]}
+    elif spec.category == "position":  # GenEval: the second include lies REL of the first ("A left of B" -> B, then A)
+        meta = {"tag": tag, "prompt": prompt, "include": [{"class": names[1], "count": 1},
+                                                          {"class": names[0], "count": 1, "position": [spec.relation, 0]}],
+                "position_margin_px": POSITION_MARGIN_PX}  # what the world's position words mean (SHAPES.md)
+    else:
+        meta = {"tag": tag, "prompt": prompt, "include": [{"class": n, "count": k} for n, k in counts.items()]}
+    if exact:
+        meta["exclude"] = [{"class": n, "count": counts.get(n, 0) + 1} for n in CLASS_NAMES]
+    return meta
 
 
 def query_name(req: dict) -> str:
@@ -198,19 +224,48 @@ def _read_geneval(path: Path) -> dict[str, dict]:
     return out
 
 
-def detect_objects(detector, images: torch.Tensor, metas: list[dict], threshold: float, nms_iou: float) -> list[dict[str, list]]:
-    """Per image: query name -> [(score, box)] best first (the detector asked for the names its metadata uses)."""
-    from rewardiff.shapes.judges.detector import detect
+def vocabulary(metas: list[dict]) -> list[str]:
+    """Every class the run's metadata names, in order of first use: what the detector is asked for
+    on every image (GenEval runs its detector over all its classes, not only the prompt's)."""
+    return list(dict.fromkeys(query_name(r) for m in metas for r in m["include"] + m.get("exclude", [])))
 
-    out = []
-    for b, meta in enumerate(metas):
-        names = list(dict.fromkeys(query_name(r) for r in meta["include"] + meta.get("exclude", [])))
-        found = detect(detector, images[b : b + 1], names, threshold, nms_iou)[0]
-        objects: dict[str, list] = {}
-        for d in sorted(found, key=lambda d: -d.score):
-            objects.setdefault(d.name, []).append((d.score, d.box))
-        out.append(objects)
+
+def postprocess(probs: torch.Tensor, boxes: torch.Tensor, names: list[str], threshold: float, nms_iou: float,
+                class_agnostic: bool, max_objects: int = MAX_OBJECTS) -> dict[str, list[tuple[float, tuple[float, ...]]]]:
+    """One image's detections: query name -> [(score, box)] best first.
+
+    probs (P, Q): each predicted box's confidence per query; boxes (P, 4) x0, y0, x1, y1. Boxes above
+    `threshold`; NMS per class, or across classes (`class_agnostic`: a box then keeps only its best
+    class, as OWLv2's post-processing labels each box with its best query); at most `max_objects`
+    per class (GenEval's max_objects).
+    """
+    from rewardiff.shapes.judges.detector import nms
+
+    patch, query = (probs > threshold).nonzero(as_tuple=True)
+    scores, cand = probs[patch, query], boxes[patch]
+    if class_agnostic:
+        keep = nms(cand, scores, nms_iou).tolist()
+    else:
+        keep = [int(i) for q in query.unique().tolist() for i in (query == q).nonzero().flatten()[nms(cand[query == q], scores[query == q], nms_iou)]]
+        keep.sort(key=lambda i: (-float(scores[i]), i))
+    out: dict[str, list] = {}
+    for i in keep:
+        found = out.setdefault(names[int(query[i])], [])
+        if len(found) < max_objects:
+            found.append((float(scores[i]), tuple(float(v) for v in cand[i])))
     return out
+
+
+def detect_objects(detector, images: torch.Tensor, names: list[str], thresholds: list[float], nms_iou: float,
+                   class_agnostic: bool) -> list[dict[str, list]]:
+    """Per image: query name -> [(score, box)] best first, at that image's threshold; `detector` is
+    the adapter a DetectionConfidence reward holds (OWLv2: boxes for every patch and query)."""
+    from rewardiff.shapes.judges.detector import cxcywh_to_xyxy
+
+    probs, boxes = detector.predictions(images, [list(names)] * images.shape[0])
+    side = float(max(images.shape[-2:]))  # OWLv2 pads to a square; boxes are relative to it
+    return [postprocess(probs[b].float(), cxcywh_to_xyxy(boxes[b].float()) * side, names, thresholds[b], nms_iou, class_agnostic)
+            for b in range(images.shape[0])]
 
 
 def evaluate_geneval(metadata: str | Path, geneval: str | Path | None = None, detector: str = "shapes", threshold: float | None = None,
@@ -219,7 +274,7 @@ def evaluate_geneval(metadata: str | Path, geneval: str | Path | None = None, de
                      position_threshold: float = POSITION_THRESHOLD) -> tuple[GenevalResult, Path]:
     """Score every row of a generated set; write geneval.{json,md} and per-image results."""
     from rewardiff.rewards.by_spec import detection_from_spec
-    from rewardiff.shapes.judges.detector import NMS_IOU, SCORE_THRESHOLD
+    from rewardiff.shapes.judges import detector as shapes_detector
     from rewardiff.shapes.prompts import UnsupportedPromptError
 
     rows, root = load_metadata(metadata)
@@ -233,10 +288,12 @@ def evaluate_geneval(metadata: str | Path, geneval: str | Path | None = None, de
             metas.append(shapes_metadata(row["prompt"]))
         except UnsupportedPromptError:
             raise RewardiffError(f"row {n}: prompt {row['prompt']!r} has no GenEval metadata (pass --geneval evaluation_metadata.jsonl)") from None
-    thr = float(threshold) if threshold is not None else OBJECT_THRESHOLD.get(detector, SCORE_THRESHOLD)
+    names = vocabulary(metas)
+    thr = float(threshold) if threshold is not None else OBJECT_THRESHOLD.get(detector, shapes_detector.SCORE_THRESHOLD)
     count_thr = float(counting_threshold) if counting_threshold is not None else COUNTING_THRESHOLD.get(detector, thr)
     if not (0.0 < thr < 1.0 and 0.0 < count_thr < 1.0):
         raise RewardiffError(f"--threshold and --counting-threshold must lie in (0, 1), got {thr}, {count_thr}")
+    iou, agnostic = NMS_IOU.get(detector, shapes_detector.NMS_IOU), CLASS_AGNOSTIC_NMS.get(detector, False)
     reward = detection_from_spec(detector, device)
     if not hasattr(reward.detector, "predictions"):
         raise RewardiffError(f"{detector}: GenEval needs a detector with boxes (OWLv2)")
@@ -248,9 +305,9 @@ def evaluate_geneval(metadata: str | Path, geneval: str | Path | None = None, de
         except (FileNotFoundError, ValueError) as e:
             raise RewardiffError(f"geneval: {e}") from None
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0).to(device)
-        for r, meta, objs, image in zip(batch, metas[s : s + batch_size], detect_objects(reward.detector, images, metas[s : s + batch_size], min(thr, count_thr), NMS_IOU), arrays):
-            cut = count_thr if meta["tag"] == "counting" else thr  # NMS then a higher cut = NMS at that cut (greedy order)
-            objs = {k: [o for o in v if o[0] > cut] for k, v in objs.items()}
+        bmetas = metas[s : s + batch_size]
+        cuts = [count_thr if m["tag"] == "counting" else thr for m in bmetas]  # GenEval: counting has its own threshold
+        for r, meta, objs, image in zip(batch, bmetas, detect_objects(reward.detector, images, names, cuts, iou, agnostic), arrays):
             ok, reason = evaluate_one(objs, meta, position_threshold)
             rec = {"image": r["image"], "prompt": r["prompt"], "tag": meta["tag"], "correct": ok, "reason": reason}
             if agreement:
@@ -264,7 +321,8 @@ def evaluate_geneval(metadata: str | Path, geneval: str | Path | None = None, de
     result = summarise(results, agreement)
     out_dir = Path(out) if out else root
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / RESULT_JSON, {"metadata": str(metadata), "detector": detector, "threshold": thr, "counting_threshold": count_thr, **result.to_dict()})
+    write_json(out_dir / RESULT_JSON, {"metadata": str(metadata), "detector": detector, "threshold": thr, "counting_threshold": count_thr,
+                                       "nms_iou": iou, "class_agnostic_nms": agnostic, **result.to_dict()})
     atomic_write_text(out_dir / RESULT_MD, result.markdown() + "\n")
     atomic_write_text(out_dir / RESULT_ROWS, "".join(json.dumps(r) + "\n" for r in results))
     return result, out_dir
