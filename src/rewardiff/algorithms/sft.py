@@ -35,7 +35,7 @@ from rewardiff.algorithms.lora_checkpoint import load_lora_state, read_lora_meta
 from rewardiff.diffusion.conditioning import Conditioning, as_conditioning, encode_text, text_encoders
 from rewardiff.diffusion.training_loss import denoising_loss, diffusion_target, draw_noise, timestep_bounds
 from rewardiff.errors import RewardiffError
-from rewardiff.models.lora import adapters_disabled
+from rewardiff.models.lora import UNET_LORA_SCOPES, adapters_disabled
 from rewardiff.runtime import Runtime, check_precision, enable_gradient_checkpointing
 
 CHECKPOINT = "checkpoint"
@@ -322,8 +322,6 @@ def validate_sft_config(cfg: SFTConfig, where: str = "train") -> None:
             raise RewardiffError(f"{where}.{name} must be a finite number >= 0, got {value!r}")
     if not (is_finite_number(cfg.cond_dropout) and 0 <= cfg.cond_dropout < 1):
         raise RewardiffError(f"{where}.cond_dropout must be in [0, 1), got {cfg.cond_dropout!r}")
-    from rewardiff.models.lora import UNET_LORA_SCOPES
-
     if cfg.unet_lora not in UNET_LORA_SCOPES:
         raise RewardiffError(f"{where}.unet_lora must be one of {', '.join(UNET_LORA_SCOPES)}, got {cfg.unet_lora!r}")
     if cfg.unet_lora == "none" and not cfg.train_text_encoder:
