@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rewardiff.config import load_config
 from rewardiff.errors import RewardiffError
@@ -100,6 +101,7 @@ def test_train_sft_cli_writes_a_lora_that_diffusers_opens_and_resumes(rendered, 
     (["train.loss=dpo"], "needs pairs"),
     (["judge.thresholds={count: .inf}"], "judge.thresholds"),
     (["data=[]"], "no data"),
+    (["init_lora=missing.safetensors"], "init_lora"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(rendered, tmp_path, overrides, message):
     out = tmp_path / "bad"
@@ -124,6 +126,27 @@ def test_out_inside_the_data_folder_and_foreign_prompts_are_refused(rendered, tm
     assert sorted(p.name for p in busy.iterdir()) == ["train_log.jsonl"] and (busy / "train_log.jsonl").read_text() == "{}\n"
 
 
+
+
+def test_init_lora_continues_the_given_lora(rendered, tmp_path):
+    """An online round starts from the previous round's LoRA, not from a fresh one: with a
+    vanishing learning rate the result is the given LoRA, with the usual one it moves on from it."""
+    from safetensors.torch import load_file
+
+    from rewardiff.models.pipeline import load_pipeline
+
+    short = ["train.steps=1", "train.batch_size=2", "filter=false"]
+    first = run_distill(_cfg(rendered, tmp_path / "r1", *short), load_pipeline("shapes")[0], progress=False)
+    start = load_file(str(first))
+    frozen = run_distill(_cfg(rendered, tmp_path / "r2", *short, "train.lr=1e-12", "train.seed=5", f"init_lora={first}"),
+                         load_pipeline("shapes")[0], progress=False)
+    moved = run_distill(_cfg(rendered, tmp_path / "r3", *short, "train.seed=5", f"init_lora={first}"),
+                        load_pipeline("shapes")[0], progress=False)
+    kept, trained = load_file(str(frozen)), load_file(str(moved))
+    assert kept.keys() == start.keys() == trained.keys()
+    for k in start:
+        assert torch.allclose(kept[k], start[k], atol=1e-8), k  # the fresh init of seed 5 would differ by far more
+    assert any(not torch.allclose(trained[k], start[k]) for k in start)
 
 
 def test_dpo_keeps_pairs_whose_pick_passes_and_beats_its_worst(rendered, tmp_path):

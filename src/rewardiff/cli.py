@@ -167,7 +167,7 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
     from rewardiff.runtime import is_main_process, process_device
 
     cfg = _load(DistillConfig, args, {"data": args.data or None, "out": args.out, "train.seed": args.seed, "device": args.device,
-                                      "train.lora_format": args.lora_format})
+                                      "train.lora_format": args.lora_format, "init_lora": args.init_lora})
     check_distill_config(cfg)  # before loading anything
     pipe, _ = load_pipeline(cfg.model, device=process_device(cfg.device))  # this process's GPU under accelerate launch
     path = run_distill(cfg, pipe)
@@ -397,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", action="append", metavar="FOLDER", help="generated set with metadata.jsonl, e.g. from generate --best-of 4 [--keep-worst] (repeatable; replaces the preset's)")
     t.add_argument("--out", help="run directory (lora/lora.safetensors, checkpoint/, train_log.jsonl, data.json)")
     t.add_argument("--seed", type=int, help="training seed (LoRA init, batches, noise)")
+    t.add_argument("--init-lora", metavar="FILE", help="continue this LoRA (an online round on data generated with it); DPO's reference stays the base model")
     t.add_argument("--device", help="cpu, cuda, ...")
     t.add_argument("--lora-format", choices=LORA_FORMATS, help=LORA_FORMAT_HELP)
     _add_log_arg(t)

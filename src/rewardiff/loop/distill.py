@@ -53,6 +53,7 @@ class DistillConfig:
     out: str = "runs/distill"
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # the image filter (the CCSR loop's judge settings)
     train: SFTConfig = field(default_factory=SFTConfig)
+    init_lora: str | None = None  # continue this LoRA (an online round: data generated with it); DPO's reference stays the base model
 
 
 @dataclass
@@ -136,6 +137,8 @@ def check_distill_config(cfg: DistillConfig) -> None:
                 raise RewardiffError(f"train sft: train.loss=dpo needs pairs, but {folder} has none for {unpaired['image']} "
                                      "(generate it with --best-of N --keep-worst)")
     validate_sft_config(cfg.train)
+    if cfg.init_lora is not None and not Path(cfg.init_lora).is_file():
+        raise RewardiffError(f"train sft: init_lora {cfg.init_lora} is not a file (a LoRA .safetensors to continue)")
     bad = {k: v for k, v in cfg.judge.thresholds.items() if not is_finite_number(v)}
     if bad:
         raise RewardiffError(f"judge.thresholds must be finite numbers, got {bad}")
@@ -163,4 +166,4 @@ def run_distill(cfg: DistillConfig, pipe, progress: bool = True, runtime: Runtim
             lines = ", ".join(f"{c} {v['kept']}/{v['images']} (x{v['draw_weight']})" for c, v in data.counts.items())
             print(f"[train sft] kept images by category: {lines}", flush=True)
         pipe.to(runtime.device)
-        return train_lora(pipe, data.examples, cfg.train, out, progress=progress, runtime=runtime)
+        return train_lora(pipe, data.examples, cfg.train, out, init_lora=cfg.init_lora, progress=progress, runtime=runtime)
