@@ -295,3 +295,37 @@ def test_unet_lora_scope_is_validated():
         validate_sft_config(SFTConfig(unet_lora="mlp"))
     with pytest.raises(RewardiffError, match="nothing would be trained"):
         validate_sft_config(SFTConfig(unet_lora="none"))
+
+
+def test_guided_loss_trains_the_prediction_the_sampler_uses():
+    """guided_loss = w: the loss is the MSE of u + w (c - u) (two separate U-Net calls here,
+    one batched call in the trainer) with guidance rescale, not of the conditional prediction."""
+    from rewardiff.diffusion.sampling import rescale_noise_cfg
+    from rewardiff.diffusion.training_loss import denoising_loss
+
+    pipe, _ = load_pipeline("shapes")
+    unet, sched = pipe.unet, pipe.scheduler
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.randn(2, unet.config.in_channels, 8, 8, generator=gen)
+    with torch.no_grad():
+        cond = pipe.encode_prompt(["a red circle", "two blue squares"], "cpu", 1, False)[0]
+        uncond = pipe.encode_prompt(["", ""], "cpu", 1, False)[0]
+        noise, t = torch.randn(z0.shape, generator=gen), torch.tensor([300, 800])
+        noisy = sched.add_noise(z0, noise, t)
+        c, u = unet(noisy, t, encoder_hidden_states=cond).sample, unet(noisy, t, encoder_hidden_states=uncond).sample
+        target = diffusion_target(sched, z0, noise, t)
+        want = ((rescale_noise_cfg(u + 5.0 * (c - u), c, 0.7) - target) ** 2).mean()
+        got = denoising_loss(unet, sched, z0, cond, noise=(noise, t), uncond=uncond, guidance=5.0, guidance_rescale=0.7)
+        plain = denoising_loss(unet, sched, z0, cond, noise=(noise, t))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(plain, ((c - target) ** 2).mean(), rtol=1e-5, atol=1e-6)
+    assert abs(float(got) - float(plain)) > 1e-3
+
+
+def test_guided_loss_is_validated():
+    from rewardiff.algorithms.sft import validate_sft_config
+
+    with pytest.raises(RewardiffError, match="guided_loss applies to loss 'sft' only"):
+        validate_sft_config(SFTConfig(loss="dpo", guided_loss=5.0))
+    with pytest.raises(RewardiffError, match="guided_loss_rescale"):
+        validate_sft_config(SFTConfig(guided_loss=5.0, guided_loss_rescale=1.5))

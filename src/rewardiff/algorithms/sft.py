@@ -55,6 +55,8 @@ class SFTConfig:
     unet_lora: str = "attention"  # U-Net LoRA scope: attention (every block) | cross_attention (attn2, reads the prompt) | none (text encoder only)
     cond_dropout: float = 0.1  # share of prompts replaced by "" (keeps the unconditional branch, as in pre-training)
     snr_gamma: float = 0.0  # min-SNR-gamma loss weighting of the SFT loss (the shapes generator was pre-trained with 5); 0 = uniform
+    guided_loss: float = 0.0  # SFT only, > 1: train the guided prediction at this CFG scale (the sampler's) instead of the conditional one, so picks sampled with guidance are the trained model's own distribution (no guidance compounding); 0 = off
+    guided_loss_rescale: float = 0.0  # the sampler's guidance_rescale for guided_loss (shapes: 0.7)
     dpo_beta: float = 2000.0  # Diffusion-DPO beta (Wallace et al. use 5000 on SD 1.5's latents)
     dpo_sft_weight: float = 0.0  # + this x SFT loss on the chosen images (0 = pure DPO)
     timesteps: list[float] = field(default_factory=lambda: [0.0, 1.0])  # train on this fraction of the schedule; [0.6, 1.0] = the noisiest 40%, where layout forms (not the fine detail of the model's own artefacts)
@@ -292,7 +294,12 @@ def _micro_step(pipe, cfg: SFTConfig, step: int, micro: int, runtime: Runtime, e
         text = _encode(pipe, batch_prompts, size)
     z0 = latents_w[idx].to(device)
     if cfg.loss == "sft":
-        return denoising_loss(pipe.unet, pipe.scheduler, z0, text, snr_gamma=cfg.snr_gamma, noise=(noise, t)), {}
+        uncond = None
+        if cfg.guided_loss > 1.0:
+            empty = [""] * len(batch_prompts)
+            uncond = Conditioning.cat([cached_text[""]] * len(empty)).to(device) if cached_text is not None else _encode(pipe, empty, size)
+        return denoising_loss(pipe.unet, pipe.scheduler, z0, text, snr_gamma=cfg.snr_gamma, noise=(noise, t), uncond=uncond,
+                              guidance=cfg.guided_loss, guidance_rescale=cfg.guided_loss_rescale), {}
     zl = latents_l[idx].to(device)
     err, ref = dpo_errors(pipe, z0, zl, noise.to(device), t.to(device), text, batch_prompts if cfg.train_text_encoder else None)
     b = len(idx)
@@ -316,10 +323,14 @@ def validate_sft_config(cfg: SFTConfig, where: str = "train") -> None:
         value = getattr(cfg, name)
         if not (is_finite_number(value) and value > 0):
             raise RewardiffError(f"{where}.{name} must be a finite number > 0, got {value!r}")
-    for name in ("weight_decay", "snr_gamma", "dpo_sft_weight"):
+    for name in ("weight_decay", "snr_gamma", "dpo_sft_weight", "guided_loss"):
         value = getattr(cfg, name)
         if not (is_finite_number(value) and value >= 0):
             raise RewardiffError(f"{where}.{name} must be a finite number >= 0, got {value!r}")
+    if not (is_finite_number(cfg.guided_loss_rescale) and 0 <= cfg.guided_loss_rescale <= 1):
+        raise RewardiffError(f"{where}.guided_loss_rescale must be in [0, 1], got {cfg.guided_loss_rescale!r}")
+    if cfg.guided_loss > 1.0 and cfg.loss != "sft":
+        raise RewardiffError(f"{where}.guided_loss applies to loss 'sft' only, got loss {cfg.loss!r}")
     if not (is_finite_number(cfg.cond_dropout) and 0 <= cfg.cond_dropout < 1):
         raise RewardiffError(f"{where}.cond_dropout must be in [0, 1), got {cfg.cond_dropout!r}")
     if cfg.unet_lora not in UNET_LORA_SCOPES:

@@ -68,14 +68,24 @@ def draw_noise(scheduler, shape: tuple[int, ...] | torch.Size, gen: torch.Genera
 
 def denoising_loss(unet, scheduler, latents: torch.Tensor, cond: Conditioning | torch.Tensor, gen: torch.Generator | None = None,
                    snr_gamma: float = 0.0, timesteps: tuple[float, float] | list[float] = (0.0, 1.0),
-                   noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                   noise: tuple[torch.Tensor, torch.Tensor] | None = None, uncond: Conditioning | torch.Tensor | None = None,
+                   guidance: float = 0.0, guidance_rescale: float = 0.0) -> torch.Tensor:
     """The standard diffusion training loss of one batch: noise and timesteps drawn (on the CPU,
     in that order) from `gen` (timesteps from the `timesteps` fraction of the schedule), or given
     as `noise` = (noise, t) (`draw_noise`), per-example MSE to `diffusion_target`, min-SNR
     weighted, mean. `cond` is SD embeddings (B, L, D) or a `Conditioning` (SDXL: pooled embeds and
-    time ids as added cond kwargs)."""
+    time ids as added cond kwargs). With `guidance` > 1 (and `uncond`) the prediction trained is the
+    classifier-free-guided one the sampler uses, both branches in one batched call."""
+    from rewardiff.diffusion.sampling import guided_model_output
+
     eps, t = noise if noise is not None else draw_noise(scheduler, latents.shape, gen, timesteps)
     eps, t = eps.to(latents.device), t.to(latents.device)
-    pred = unet(scheduler.add_noise(latents, eps, t), t, **as_conditioning(cond).unet_kwargs()).sample
+    noisy = scheduler.add_noise(latents, eps, t)
+    if guidance > 1.0:
+        if uncond is None:
+            raise RewardiffError("a guided denoising loss needs the unconditional embeddings")
+        pred = guided_model_output(unet, noisy, t, cond, uncond, guidance, guidance_rescale)
+    else:
+        pred = unet(noisy, t, **as_conditioning(cond).unet_kwargs()).sample
     per_example = ((pred.float() - diffusion_target(scheduler, latents, eps, t).float()) ** 2).mean(dim=(1, 2, 3))
     return (per_example * min_snr_weight(scheduler, t, snr_gamma).to(per_example.device)).mean()
