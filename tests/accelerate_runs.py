@@ -1,5 +1,5 @@
 """Entry points of tests/test_accelerate_runs.py: tiny runs of SFT / Diffusion-DPO, ReFL, the
-reward model and `generate`, launched by `accelerate launch` (several processes) or imported
+reward model, `generate` and `score`, launched by `accelerate launch` (several processes) or imported
 (one process). `python accelerate_runs.py NAME WORK LABEL` writes its outputs under WORK/LABEL;
 inputs the test prepared lie in WORK."""
 
@@ -86,6 +86,15 @@ def generate(work: Path, label: str) -> None:
             assert main(args) == 0
 
 
+def score(work: Path, label: str) -> None:
+    """`rewardiff score` of WORK/data (6 rendered images) by the shapes CLIP and JPEG size, 4
+    images per batch: two batches, one per process, of unequal size."""
+    from rewardiff.cli import main
+
+    assert main(["score", str(work / "data"), "--reward", "clip@shapes:0.5", "--reward", "jpeg_compressibility",
+                 "--batch-size", "4", "--out", str(work / label)]) == 0
+
+
 class Redness(Reward):
     """A differentiable toy reward for ReFL: red minus the other channels."""
 
@@ -125,7 +134,7 @@ def write_preference_set(root: Path, prompts: int = 24, seed: int = 0) -> Path:
     return root
 
 
-RUNS = {"sft": sft, "refl": refl, "reward": reward, "generate": generate}
+RUNS = {"sft": sft, "refl": refl, "reward": reward, "generate": generate, "score": score}
 
 
 def run(name: str, work: Path, label: str) -> None:

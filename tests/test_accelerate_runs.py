@@ -118,3 +118,17 @@ def test_generate_two_processes_equal_one_and_resume(work):
         assert sorted(p.name for p in (two / "images").iterdir()) == images
         for name in images:
             assert (two / "images" / name).read_bytes() == (work / "one/images" / name).read_bytes(), (two, name)
+
+
+def test_score_two_processes_equal_one(tmp_path):
+    from rewardiff.shapes.dataset import render_dataset
+
+    work = tmp_path
+    (work / "prompts.txt").write_text(PROMPTS + "a green triangle\n")
+    render_dataset(str(work / "prompts.txt"), 2, 0, work / "data")
+    launch(RUNS, ["score", str(work), "two"], port=29525)
+    run("score", work, "one")
+    one = (work / "one/scores.jsonl").read_text()
+    assert len(one.splitlines()) == 6 and "clip" in json.loads(one.splitlines()[0])
+    assert (work / "two/scores.jsonl").read_text() == one  # each batch is one process's batch: the same floats, in order
+    assert (work / "two/scores_summary.json").read_text() == (work / "one/scores_summary.json").read_text()

@@ -118,9 +118,12 @@ def _cmd_train_reward(args: argparse.Namespace) -> int:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from rewardiff.rewards.scoring import score_metadata
+    from rewardiff.runtime import Runtime
 
-    out = score_metadata(args.metadata, args.reward, device=args.device, batch_size=args.batch_size, out=args.out)
-    print(f"wrote {out} and {out.parent / 'scores_summary.json'}")
+    runtime = Runtime(args.device)  # under accelerate launch: each process scores its part of the batches
+    out = score_metadata(args.metadata, args.reward, device=args.device, batch_size=args.batch_size, out=args.out, runtime=runtime)
+    if runtime.is_main:
+        print(f"wrote {out} and {out.parent / 'scores_summary.json'}")
     return 0
 
 
