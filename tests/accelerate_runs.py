@@ -52,6 +52,31 @@ def sft(work: Path, label: str) -> None:
     train_lora(load_pipeline(model)[0], examples, cfg, out / "dpo", progress=False)
 
 
+def sft_judged(work: Path, label: str) -> None:
+    """`rewardiff train sft` with the judge filter on (configs/distill_shapes.yaml's judges) on
+    WORK/data, 3 images per judge batch (two parts of unequal size), 1 step; then the filtered
+    data again, through load_distill_data, with its kept examples listed in WORK/LABEL/kept.json."""
+    import hashlib
+    import json
+
+    from rewardiff.cli import main
+    from rewardiff.config import load_config
+    from rewardiff.judges.self_judge import SelfJudge
+    from rewardiff.loop.distill import DistillConfig, load_distill_data
+    from rewardiff.runtime import Runtime
+
+    model, out, preset = (work / "model").read_text(), work / label, Path(__file__).resolve().parents[1] / "configs/distill_shapes.yaml"
+    overrides = [f"model={model}", "judge.batch_size=3", "train.steps=1", "train.batch_size=4", "train.rank=2", "train.alpha=2", f"train.lr={LR}"]
+    args = ["train", "sft", "--config", str(preset), "--data", str(work / "data"), "--out", str(out / "sft"), "--seed", "3"]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    cfg = load_config(DistillConfig, preset, [f"data=[{work / 'data'}]", *overrides])
+    runtime = Runtime()
+    data = load_distill_data(cfg, SelfJudge(cfg.judge), progress=False, runtime=runtime)
+    if runtime.is_main:
+        kept = [[e.prompt, hashlib.sha256(e.image.tobytes()).hexdigest()] for e in data.examples]
+        (out / "kept.json").write_text(json.dumps(kept))
+
+
 def refl(work: Path, label: str) -> None:
     """ReFL on the tiny SD pipeline: 2 optimiser steps of 2 micro-batches of 2 images."""
     from rewardiff.algorithms.refl import ReFLConfig, train_refl
@@ -134,7 +159,7 @@ def write_preference_set(root: Path, prompts: int = 24, seed: int = 0) -> Path:
     return root
 
 
-RUNS = {"sft": sft, "refl": refl, "reward": reward, "generate": generate, "score": score}
+RUNS = {"sft": sft, "refl": refl, "reward": reward, "generate": generate, "score": score, "sft_judged": sft_judged}
 
 
 def run(name: str, work: Path, label: str) -> None:

@@ -132,3 +132,21 @@ def test_score_two_processes_equal_one(tmp_path):
     assert len(one.splitlines()) == 6 and "clip" in json.loads(one.splitlines()[0])
     assert (work / "two/scores.jsonl").read_text() == one  # each batch is one process's batch: the same floats, in order
     assert (work / "two/scores_summary.json").read_text() == (work / "one/scores_summary.json").read_text()
+
+
+def test_sft_judge_filter_two_processes_equal_one(work):
+    from rewardiff.io_utils import append_jsonl, read_jsonl
+    from rewardiff.shapes.dataset import render_dataset
+
+    (work / "prompts.txt").write_text("a red circle\nthree yellow circles\na purple triangle left of a red square\n")
+    meta = render_dataset(str(work / "prompts.txt"), 2, 0, work / "data")
+    rows = list(read_jsonl(meta))  # and two rows whose image shows another prompt, for the filter to drop
+    append_jsonl(meta, [dict(rows[0], prompt="three blue squares", prompt_index=9, index=0),
+                        dict(rows[2], prompt="a green circle", prompt_index=9, index=1)])
+    launch(RUNS, ["sft_judged", str(work), "two"], port=29526)
+    run("sft_judged", work, "one")
+    kept = json.loads((work / "one/kept.json").read_text())
+    assert 0 < len({tuple(e) for e in kept}) < 8 and not {"three blue squares", "a green circle"} & {p for p, _ in kept}
+    assert json.loads((work / "two/kept.json").read_text()) == kept  # the same examples, in the same order
+    assert (work / "two/sft/data.json").read_text() == (work / "one/sft/data.json").read_text()  # kept per category
+    _assert_same_lora(work / "two/sft/lora/lora.safetensors", work / "one/sft/lora/lora.safetensors")
