@@ -1,5 +1,5 @@
-"""Entry points of tests/test_accelerate_runs.py: tiny runs of SFT / Diffusion-DPO, ReFL, the
-reward model, `generate` and `score`, launched by `accelerate launch` (several processes) or imported
+"""Entry points of tests/test_accelerate_runs.py: tiny runs of SFT / Diffusion-DPO (and SFT on
+judge-filtered data), ReFL, the reward model, `generate`, `score` and the self-reward loop, launched by `accelerate launch` (several processes) or imported
 (one process). `python accelerate_runs.py NAME WORK LABEL` writes its outputs under WORK/LABEL;
 inputs the test prepared lie in WORK."""
 
@@ -120,6 +120,20 @@ def score(work: Path, label: str) -> None:
                  "--batch-size", "4", "--out", str(work / label)]) == 0
 
 
+def self_reward(work: Path, label: str) -> None:
+    """`rewardiff self-reward` on the shapes world (configs/self_reward_shapes.yaml), 1 round: 2
+    prompts x 3 candidates in batches of 2, judged 2 at a time (both split unevenly over two
+    processes), 2 SFT steps of 2, then base and LoRA 0.7 evaluated on WORK/eval.txt."""
+    from rewardiff.cli import main
+
+    preset = Path(__file__).resolve().parents[1] / "configs/self_reward_shapes.yaml"
+    overrides = ["prompts_per_round=2", "candidates=3", "batch_size=2", "sampling.steps=2", "judge.batch_size=2", "judge.thresholds={}",
+                 "train.steps=2", "train.batch_size=2", "train.rank=2", "train.alpha=2", f"train.lr={LR}", "train.checkpoint_every=1",
+                 f"eval.prompts={work / 'eval.txt'}", "eval.num_images=2", "eval.scales=[0.7]", "eval.round_scales=[]"]
+    args = ["self-reward", "--config", str(preset), "--out", str(work / label), "--rounds", "1", "--classes", "triangle"]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+
+
 class Redness(Reward):
     """A differentiable toy reward for ReFL: red minus the other channels."""
 
@@ -159,7 +173,7 @@ def write_preference_set(root: Path, prompts: int = 24, seed: int = 0) -> Path:
     return root
 
 
-RUNS = {"sft": sft, "refl": refl, "reward": reward, "generate": generate, "score": score, "sft_judged": sft_judged}
+RUNS = {"sft": sft, "refl": refl, "reward": reward, "generate": generate, "score": score, "sft_judged": sft_judged, "self_reward": self_reward}
 
 
 def run(name: str, work: Path, label: str) -> None:

@@ -150,3 +150,35 @@ def test_sft_judge_filter_two_processes_equal_one(work):
     assert json.loads((work / "two/kept.json").read_text()) == kept  # the same examples, in the same order
     assert (work / "two/sft/data.json").read_text() == (work / "one/sft/data.json").read_text()  # kept per category
     _assert_same_lora(work / "two/sft/lora/lora.safetensors", work / "one/sft/lora/lora.safetensors")
+
+
+def _numbers(value, path: str = "") -> dict[str, object]:
+    """A nested JSON value as {dotted path: leaf}, paths and timings left out (they name the run)."""
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for k, v in value.items():
+            if k not in ("lora", "metadata", "timings"):
+                out.update(_numbers(v, f"{path}.{k}"))
+        return out
+    if isinstance(value, list):
+        return {k: v for n, item in enumerate(value) for k, v in _numbers(item, f"{path}[{n}]").items()}
+    return {path: value}
+
+
+def test_self_reward_loop_two_processes_equal_one(tmp_path):
+    work = tmp_path
+    (work / "eval.txt").write_text("a red triangle\na blue triangle above a green circle\n")
+    launch(RUNS, ["self_reward", str(work), "two"], port=29527)
+    run("self_reward", work, "one")
+    two, one = work / "two/round_1", work / "one/round_1"
+    for name in ("prompts.txt", "candidates/metadata.jsonl", "judgements.jsonl", "selected.jsonl", "pairs.jsonl", "judge.json"):
+        assert (two / name).read_text() == (one / name).read_text(), name  # the same candidates, judgements, selection and pairs
+    assert len((one / "judgements.jsonl").read_text().splitlines()) == 6 and (one / "selected.jsonl").read_text()
+    _assert_same_lora(two / "train/lora/lora.safetensors", one / "train/lora/lora.safetensors")
+    assert [r["step"] for r in _log(two / "train/train_log.jsonl")] == [1, 2]  # the main process alone logs
+    summaries = [_numbers(json.loads((work / r / "summary.json").read_text())) for r in ("two", "one")]
+    assert summaries[0].keys() == summaries[1].keys() and any(".winrate." in k for k in summaries[1])
+    for key, value in summaries[1].items():  # base and round 1: oracle, judge, comparison and win rate
+        assert summaries[0][key] == (pytest.approx(value, rel=1e-4, abs=1e-4) if isinstance(value, float) else value), key
+    assert (work / "two/base_eval/metadata.jsonl").read_text() == (work / "one/base_eval/metadata.jsonl").read_text()
+    assert (work / "two/round_1/eval/scale_0.7/eval.json").is_file() and (work / "two/report/index.html").is_file()
