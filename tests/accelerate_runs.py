@@ -89,12 +89,13 @@ def refl(work: Path, label: str) -> None:
 
 
 def reward(work: Path, label: str) -> None:
-    """train-reward on WORK/preference (embedded by PoolEmbedder): 2 epochs, dropout on."""
+    """train-reward on WORK/preference (embedded by PoolEmbedder, 16 images a batch: the
+    processes share out the batches): 2 epochs, dropout on."""
     from rewardiff.algorithms.reward_model import train_reward_model
     from rewardiff.rewards.preference_model import RewardModelConfig
 
     cfg = RewardModelConfig(data=str(work / "preference"), out=str(work / label), lr=3e-3, epochs=2, batch_pairs=32,
-                            hidden=(32, 16), dropout=(0.2, 0.1))
+                            hidden=(32, 16), dropout=(0.2, 0.1), embed_batch=16)
     train_reward_model(cfg, embedder=PoolEmbedder(), progress=False)
 
 

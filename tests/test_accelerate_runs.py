@@ -43,6 +43,14 @@ def _assert_same_lora(a: Path, b: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's contents (its bytes are not comparable: the header's metadata order varies)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
 def _log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -80,7 +88,14 @@ def test_reward_model_two_processes_equal_one(tmp_path):
     work = tmp_path
     write_preference_set(work / "preference")
     launch(RUNS, ["reward", str(work), "two"], port=29523)
+    cache = work / "preference/cache/test_pool2x2.safetensors"  # each process embedded its part, the main one wrote it
+    two_cache = _tensors_and_metadata(cache)
+    cache.unlink()
     run("reward", work, "one")
+    one_cache = _tensors_and_metadata(cache)
+    assert one_cache[1] == two_cache[1] and one_cache[0].keys() == two_cache[0].keys() == {"image", "text"}
+    for k in one_cache[0]:
+        assert torch.equal(one_cache[0][k], two_cache[0][k]), k  # the cache one process writes
     # every weight matrix agrees within float noise; a bias the Bradley-Terry loss hardly sees
     # (the output's: not at all, rewards are compared in pairs) takes Adam's ~lr steps on float
     # noise (3e-3 measured), so those are compared through the rewards, up to that constant
