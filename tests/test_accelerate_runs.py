@@ -1,6 +1,8 @@
-"""Multi-process SFT / Diffusion-DPO, ReFL, the reward model and `generate` on accelerate (issue
-14): `accelerate launch` with two gloo processes on the CPU gives what one process gives with the
-same global batch: the LoRA or reward model within float tolerance, the images byte for byte."""
+"""Multi-process SFT / Diffusion-DPO (and SFT's judge filter), ReFL, the reward model and its
+embedding cache, `generate`, `score` and the self-reward loop on accelerate (issue 14): `accelerate
+launch` with two gloo processes on the CPU gives what one process gives with the same global
+batch: the LoRA or reward model within float tolerance, the images, scores, judgements and
+selections byte for byte."""
 
 from __future__ import annotations
 
