@@ -233,7 +233,7 @@ def evaluate_model(ctx: _Context, folder: Path, lora: str | None, base_meta: Pat
 def _write_eval(ctx: _Context, folder: Path, lora: str | None, base_meta: Path | None, meta: Path, judged: dict | None) -> None:
     """The main process's part of an evaluation: oracle table, comparison and win rate against
     the base, and eval.json with the judge's mean score."""
-    cfg, ev = ctx.cfg, ctx.cfg.eval
+    ev = ctx.cfg.eval
     device = str(ctx.runtime.device)
     result: dict = {"lora": lora, "metadata": str(meta)}
     if ev.oracle:
