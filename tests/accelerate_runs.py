@@ -1,5 +1,5 @@
-"""Entry points of tests/test_accelerate_runs.py: tiny runs of SFT / Diffusion-DPO, ReFL, the
-reward model and `generate`, launched by `accelerate launch` (several processes) or imported
+"""Entry points of tests/test_accelerate_runs.py: tiny runs of SFT / Diffusion-DPO (and SFT on
+judge-filtered data), ReFL, the reward model, `generate`, `score` and the self-reward loop, launched by `accelerate launch` (several processes) or imported
 (one process). `python accelerate_runs.py NAME WORK LABEL` writes its outputs under WORK/LABEL;
 inputs the test prepared lie in WORK."""
 
@@ -52,6 +52,31 @@ def sft(work: Path, label: str) -> None:
     train_lora(load_pipeline(model)[0], examples, cfg, out / "dpo", progress=False)
 
 
+def sft_judged(work: Path, label: str) -> None:
+    """`rewardiff train sft` with the judge filter on (configs/distill_shapes.yaml's judges) on
+    WORK/data, 3 images per judge batch (two parts of unequal size), 1 step; then the filtered
+    data again, through load_distill_data, with its kept examples listed in WORK/LABEL/kept.json."""
+    import hashlib
+    import json
+
+    from rewardiff.cli import main
+    from rewardiff.config import load_config
+    from rewardiff.judges.self_judge import SelfJudge
+    from rewardiff.loop.distill import DistillConfig, load_distill_data
+    from rewardiff.runtime import Runtime
+
+    model, out, preset = (work / "model").read_text(), work / label, Path(__file__).resolve().parents[1] / "configs/distill_shapes.yaml"
+    overrides = [f"model={model}", "judge.batch_size=3", "train.steps=1", "train.batch_size=4", "train.rank=2", "train.alpha=2", f"train.lr={LR}"]
+    args = ["train", "sft", "--config", str(preset), "--data", str(work / "data"), "--out", str(out / "sft"), "--seed", "3"]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
+    cfg = load_config(DistillConfig, preset, [f"data=[{work / 'data'}]", *overrides])
+    runtime = Runtime()
+    data = load_distill_data(cfg, SelfJudge(cfg.judge), progress=False, runtime=runtime)
+    if runtime.is_main:
+        kept = [[e.prompt, hashlib.sha256(e.image.tobytes()).hexdigest()] for e in data.examples]
+        (out / "kept.json").write_text(json.dumps(kept))
+
+
 def refl(work: Path, label: str) -> None:
     """ReFL on the tiny SD pipeline: 2 optimiser steps of 2 micro-batches of 2 images."""
     from rewardiff.algorithms.refl import ReFLConfig, train_refl
@@ -64,12 +89,13 @@ def refl(work: Path, label: str) -> None:
 
 
 def reward(work: Path, label: str) -> None:
-    """train-reward on WORK/preference (embedded by PoolEmbedder): 2 epochs, dropout on."""
+    """train-reward on WORK/preference (embedded by PoolEmbedder, 16 images a batch: the
+    processes share out the batches): 2 epochs, dropout on."""
     from rewardiff.algorithms.reward_model import train_reward_model
     from rewardiff.rewards.preference_model import RewardModelConfig
 
     cfg = RewardModelConfig(data=str(work / "preference"), out=str(work / label), lr=3e-3, epochs=2, batch_pairs=32,
-                            hidden=(32, 16), dropout=(0.2, 0.1))
+                            hidden=(32, 16), dropout=(0.2, 0.1), embed_batch=16)
     train_reward_model(cfg, embedder=PoolEmbedder(), progress=False)
 
 
@@ -84,6 +110,29 @@ def generate(work: Path, label: str) -> None:
             args = ["generate", "--model", model, "--prompts", str(work / "prompts.txt"), "--num-images", "3", "--batch-size", "2",
                     "--steps", "2", "--guidance", "3", "--seed", "5", "--out", str(out)]
             assert main(args) == 0
+
+
+def score(work: Path, label: str) -> None:
+    """`rewardiff score` of WORK/data (6 rendered images) by the shapes CLIP and JPEG size, 4
+    images per batch: two batches, one per process, of unequal size."""
+    from rewardiff.cli import main
+
+    assert main(["score", str(work / "data"), "--reward", "clip@shapes:0.5", "--reward", "jpeg_compressibility",
+                 "--batch-size", "4", "--out", str(work / label)]) == 0
+
+
+def self_reward(work: Path, label: str) -> None:
+    """`rewardiff self-reward` on the shapes world (configs/self_reward_shapes.yaml), 1 round: 2
+    prompts x 3 candidates in batches of 2, judged 2 at a time (both split unevenly over two
+    processes), 2 SFT steps of 2, then base and LoRA 0.7 evaluated on WORK/eval.txt."""
+    from rewardiff.cli import main
+
+    preset = Path(__file__).resolve().parents[1] / "configs/self_reward_shapes.yaml"
+    overrides = ["prompts_per_round=2", "candidates=3", "batch_size=2", "sampling.steps=2", "judge.batch_size=2", "judge.thresholds={}",
+                 "train.steps=2", "train.batch_size=2", "train.rank=2", "train.alpha=2", f"train.lr={LR}", "train.checkpoint_every=1",
+                 f"eval.prompts={work / 'eval.txt'}", "eval.num_images=2", "eval.scales=[0.7]", "eval.round_scales=[]"]
+    args = ["self-reward", "--config", str(preset), "--out", str(work / label), "--rounds", "1", "--classes", "triangle"]
+    assert main(args + [a for o in overrides for a in ("--set", o)]) == 0
 
 
 class Redness(Reward):
@@ -125,7 +174,7 @@ def write_preference_set(root: Path, prompts: int = 24, seed: int = 0) -> Path:
     return root
 
 
-RUNS = {"sft": sft, "refl": refl, "reward": reward, "generate": generate}
+RUNS = {"sft": sft, "refl": refl, "reward": reward, "generate": generate, "score": score, "sft_judged": sft_judged, "self_reward": self_reward}
 
 
 def run(name: str, work: Path, label: str) -> None:

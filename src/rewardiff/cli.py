@@ -118,9 +118,12 @@ def _cmd_train_reward(args: argparse.Namespace) -> int:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from rewardiff.rewards.scoring import score_metadata
+    from rewardiff.runtime import Runtime
 
-    out = score_metadata(args.metadata, args.reward, device=args.device, batch_size=args.batch_size, out=args.out)
-    print(f"wrote {out} and {out.parent / 'scores_summary.json'}")
+    runtime = Runtime(args.device)  # under accelerate launch: each process scores its part of the batches
+    out = score_metadata(args.metadata, args.reward, device=args.device, batch_size=args.batch_size, out=args.out, runtime=runtime)
+    if runtime.is_main:
+        print(f"wrote {out} and {out.parent / 'scores_summary.json'}")
     return 0
 
 
@@ -187,15 +190,17 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
 
 def _cmd_self_reward(args: argparse.Namespace) -> int:
     from rewardiff.loop.self_reward import SelfRewardConfig, run_self_reward, summary_markdown
+    from rewardiff.runtime import is_main_process
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     cfg = _load(SelfRewardConfig, args, {"out": args.out, "rounds": args.rounds, "classes": classes, "model": args.model,
                                          "train.lora_format": args.lora_format})
     summary = run_self_reward(cfg)
-    print(summary_markdown(summary))
-    run = Path(cfg.out)
-    print(f"\nwrote {run / 'summary.md'}, {run / 'summary.json'}, {run / 'plots'}; "
-          f"LoRA of the last round: {run / f'round_{cfg.rounds}' / 'train' / 'lora' / 'lora.safetensors'}")
+    if is_main_process():  # under accelerate launch: the summary once
+        print(summary_markdown(summary))
+        run = Path(cfg.out)
+        print(f"\nwrote {run / 'summary.md'}, {run / 'summary.json'}, {run / 'plots'}; "
+              f"LoRA of the last round: {run / f'round_{cfg.rounds}' / 'train' / 'lora' / 'lora.safetensors'}")
     _report_at_end(cfg.out)
     return 0
 

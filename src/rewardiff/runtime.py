@@ -16,6 +16,8 @@ device; a plain `python` run is one process and nothing changes. What each part 
 - **mixed precision**: `autocast()` runs the forward passes in bf16 or fp16 (torch.autocast, as
   accelerate's own `autocast` does) while the LoRA master weights and the optimiser stay fp32;
   fp16 adds a `torch.amp.GradScaler` (unscaled after the all-reduce, before clipping);
+- **lists of work** (scoring, judging, embedding a data set): `map_parts` gives each process a
+  contiguous part of the list in whole batches and every process the whole result in order;
 - `allow_tf32` switches TF32 matmuls / convolutions on (CUDA; no effect on a CPU).
 
 accelerate's `Accelerator` object is not used: its state is a process-wide singleton whose
@@ -26,7 +28,7 @@ run several trainers with different settings in one process.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -162,6 +164,28 @@ class Runtime:
         out: list = [None] * self.num_processes
         dist.all_gather_object(out, value)
         return out
+
+    def map_parts(self, fn: Callable[[list], list], items: Sequence, chunk: int = 1) -> list:
+        """fn over the whole list, shared out: each process calls fn on its contiguous part and
+        every process gets the parts' results concatenated in the list's order. Parts hold whole
+        chunks of `chunk` items (a caller's batches, so each batch is the batch one process makes
+        and batch-dependent floats do not change) and may be uneven; a process whose part is
+        empty does not call fn. One process: fn(items), unchanged."""
+        if self.num_processes == 1:
+            return fn(list(items))
+        part = self.part(len(items), chunk)
+        mine = fn(list(items[part])) if part.stop > part.start else []
+        return [value for values in self.gather_objects(list(mine)) for value in values]
+
+    def part(self, n: int, chunk: int = 1) -> slice:
+        """This process's contiguous part of n items in whole chunks, split as evenly as the
+        chunks allow (unlike `shard`, any n: the first processes may get one chunk less)."""
+        if chunk < 1:
+            raise RewardiffError(f"chunk must be at least 1, got {chunk}")
+        chunks = -(-n // chunk)
+        first = chunks * self.process_index // self.num_processes
+        last = chunks * (self.process_index + 1) // self.num_processes
+        return slice(min(first * chunk, n), min(last * chunk, n))
 
     def wait(self) -> None:
         """A barrier: what one process wrote before it, the others can read after it."""

@@ -122,26 +122,36 @@ class EmbeddingCache:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(embedder.key)).strip("_") or "embedder"
         self.path = dataset.root / CACHE / f"{safe}.safetensors"
 
-    def load(self) -> Embeddings:
+    def load(self, runtime: Runtime | None = None) -> Embeddings:
+        """The cached embeddings, or computed and cached. With a `runtime` (accelerate launch)
+        each process embeds its part of the batches, every process gets them all, and the main
+        process writes the cache: the batches are one process's, so the file is too."""
         fingerprint = _fingerprint(self.dataset, str(self.embedder.key))
-        if self.path.is_file():
+        if self.path.is_file():  # every process looks before the main one can write it (after the shared embedding)
             from safetensors import safe_open
 
             with safe_open(str(self.path), framework="pt") as f:
                 if (f.metadata() or {}).get("fingerprint") == fingerprint:
                     return Embeddings(f.get_tensor("image"), f.get_tensor("text"))
-        emb = self._compute()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        save_safetensors({"image": emb.image.contiguous(), "text": emb.text.contiguous()}, self.path,
-                         metadata={"fingerprint": fingerprint, "embedder": str(self.embedder.key)})
+        emb = Embeddings(torch.cat(self._map(runtime, self._embed_images, [(it, k) for it in self.dataset.items for k in range(len(it.images))])),
+                         torch.cat(self._map(runtime, self._embed_texts, list(self.dataset.items))))
+        if runtime is None or runtime.is_main:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_safetensors({"image": emb.image.contiguous(), "text": emb.text.contiguous()}, self.path,
+                             metadata={"fingerprint": fingerprint, "embedder": str(self.embedder.key)})
+        if runtime is not None:
+            runtime.wait()  # the cache is written
         return emb
 
-    def _compute(self) -> Embeddings:
+    def _map(self, runtime: Runtime | None, fn, items: list) -> list[torch.Tensor]:
+        """fn's batch tensors over items, shared out over the processes in whole batches."""
+        return runtime.map_parts(fn, items, chunk=self.batch_size) if runtime is not None else fn(items)
+
+    def _embed_images(self, flat: list) -> list[torch.Tensor]:
+        """(item, image index) pairs -> one (batch, D_img) tensor per batch of batch_size."""
         from tqdm.auto import tqdm
 
-        items = self.dataset.items
-        flat = [(it, k) for it in items for k in range(len(it.images))]
-        rows: list[torch.Tensor | None] = [None] * len(flat)
+        out_batches = []
         bar = tqdm(total=len(flat), desc="embed images", unit="img", disable=not self.progress)
         with torch.no_grad():
             for start in range(0, len(flat), self.batch_size):
@@ -150,6 +160,7 @@ class EmbeddingCache:
                 by_shape: dict[tuple, list[int]] = {}
                 for i in chunk:
                     by_shape.setdefault(arrays[i].shape, []).append(i)
+                rows: dict[int, torch.Tensor] = {}
                 for idx in by_shape.values():
                     images = torch.from_numpy(np.stack([arrays[i] for i in idx])).permute(0, 3, 1, 2).float() / 255.0
                     out = self.embedder.embed_images(images).float().cpu()
@@ -158,17 +169,23 @@ class EmbeddingCache:
                             it, k = flat[i]
                             raise RewardiffError(f"prompt_id {it.prompt_id!r}: image {k} ({it.images[k]}) has a NaN/inf embedding")
                         rows[i] = out[n]
+                out_batches.append(torch.stack([rows[i] for i in chunk]))
                 bar.update(len(chunk))
-            bar.close()
-            texts = []
+        bar.close()
+        return out_batches
+
+    def _embed_texts(self, items: list) -> list[torch.Tensor]:
+        """Dataset items -> one (batch, D_txt) tensor of their prompts per batch of batch_size."""
+        out_batches = []
+        with torch.no_grad():
             for start in range(0, len(items), self.batch_size):
                 batch = items[start : start + self.batch_size]
                 out = self.embedder.embed_texts([it.prompt for it in batch]).float().cpu()
                 bad = [it.prompt_id for it, ok in zip(batch, torch.isfinite(out).all(dim=1).tolist()) if not ok]
                 if bad:
                     raise RewardiffError(f"prompt_id {bad[0]!r}: the prompt has a NaN/inf embedding")
-                texts.append(out)
-        return Embeddings(torch.stack(rows), torch.cat(texts))  # type: ignore[arg-type]
+                out_batches.append(out)
+        return out_batches
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +527,8 @@ def train_reward_model(cfg: RewardModelConfig, embedder: Embedder | None = None,
 
     `embedder` is injected (tests, other feature extractors); by default the frozen CLIP named
     by cfg.clip, which is also what the `preference@RUN` reward rebuilds at scoring time. Under
-    `accelerate launch` the main process fills the embedding cache and the others read it."""
+    `accelerate launch` each process embeds its part of the data and the main process writes the
+    embedding cache."""
     if not cfg.data:
         raise RewardiffError("no preference dataset given (--data DIR)")
     if cfg.threads > 0:
@@ -522,11 +540,7 @@ def train_reward_model(cfg: RewardModelConfig, embedder: Embedder | None = None,
     with claim_run_folder_main(cfg.out, "train-reward", reward_run_settings(cfg), cfg, runtime.is_main) as folder:
         if embedder is None:
             embedder = _LazyClip(cfg.clip, str(runtime.device))
-        cache = EmbeddingCache(dataset, embedder, cfg.embed_batch, progress and runtime.is_main)
-        emb = cache.load() if runtime.is_main else None
-        runtime.wait()  # the cache is written
-        if emb is None:
-            emb = cache.load()
+        emb = EmbeddingCache(dataset, embedder, cfg.embed_batch, progress and runtime.is_main).load(runtime)
         splits = {s: PreferenceTensors.from_dataset(dataset, s) for s in ("train", "validation", "test")}
         return fit(cfg, emb, splits["train"], splits["validation"], splits["test"], str(embedder.key), progress, folder=folder, runtime=runtime)
 

@@ -79,8 +79,10 @@ def balanced_order(categories: list[str]) -> tuple[list[int], dict[str, int]]:
     return [i for i, c in enumerate(categories) for _ in range(replicas[c])], replicas
 
 
-def load_distill_data(cfg: DistillConfig, judge: SelfJudge | None, progress: bool = True) -> DistillData:
-    """The kept (prompt, image) examples of cfg.data, judged by `judge` when cfg.filter is set."""
+def load_distill_data(cfg: DistillConfig, judge: SelfJudge | None, progress: bool = True, runtime: Runtime | None = None) -> DistillData:
+    """The kept (prompt, image) examples of cfg.data, judged by `judge` when cfg.filter is set.
+    With a `runtime` (accelerate launch) each process judges its part of the batches and every
+    process gets every judgement, so all keep the same examples; without one, this process judges all."""
     if not cfg.data:
         raise RewardiffError("train sft: no data; give --data FOLDER (a generated set with metadata.jsonl), repeatable")
     if cfg.filter and judge is None:
@@ -96,11 +98,11 @@ def load_distill_data(cfg: DistillConfig, judge: SelfJudge | None, progress: boo
         if not cfg.filter:
             kept_flags.extend([True] * len(found))
             continue
-        chosen = judge_rows(judge, found, root, cfg.judge.batch_size, progress, desc="judge data")
+        chosen = _judge(judge, found, root, cfg.judge.batch_size, progress, "judge data", runtime)
         if not pairs:
             kept_flags.extend(bool(j["kept"]) for j in chosen)
             continue
-        worst = judge_rows(judge, [{**r, "image": r["rejected_image"]} for r in found], root, cfg.judge.batch_size, progress, desc="judge worst")
+        worst = _judge(judge, [{**r, "image": r["rejected_image"]} for r in found], root, cfg.judge.batch_size, progress, "judge worst", runtime)
         kept_flags.extend(bool(c["kept"]) and c["score"] - w["score"] >= cfg.judge.min_pair_gap for c, w in zip(chosen, worst))
     categories = [_category(r["prompt"]) for r in rows]
     kept = [i for i, k in enumerate(kept_flags) if k]
@@ -117,6 +119,14 @@ def load_distill_data(cfg: DistillConfig, judge: SelfJudge | None, progress: boo
     counts = {c: {"images": total[c], "kept": kept_count[c], "draw_weight": int(replicas.get(c, 1)) if cfg.balance else 1}
               for c in sorted(total)}
     return DistillData(examples, counts)
+
+
+def _judge(judge: SelfJudge, rows: list[dict], root: Path, batch_size: int, progress: bool, desc: str, runtime: Runtime | None) -> list[dict]:
+    """judge_rows, shared out in whole batches over the processes of `runtime` (if given)."""
+    def judge_part(part: list[dict]) -> list[dict]:
+        return judge_rows(judge, part, root, batch_size, progress, desc=desc)
+
+    return runtime.map_parts(judge_part, rows, chunk=batch_size) if runtime is not None else judge_part(rows)
 
 
 def check_distill_config(cfg: DistillConfig) -> None:
@@ -147,8 +157,9 @@ def check_distill_config(cfg: DistillConfig) -> None:
 def run_distill(cfg: DistillConfig, pipe, progress: bool = True, runtime: Runtime | None = None) -> Path:
     """Filter, balance and fine-tune; returns OUT/lora/lora.safetensors (resumes a killed run).
 
-    Under `accelerate launch` (`runtime`, default from cfg) every process judges the data alike
-    and trains on its shard of each batch; the main process owns and writes the run folder."""
+    Under `accelerate launch` (`runtime`, default from cfg) each process judges its part of the
+    data (every process then holds every judgement) and trains on its shard of each batch; the
+    main process owns and writes the run folder."""
     from rewardiff.run_folder import claim_run_folder_main, settings_of
 
     check_distill_config(cfg)
@@ -156,7 +167,7 @@ def run_distill(cfg: DistillConfig, pipe, progress: bool = True, runtime: Runtim
     main = runtime.is_main
     with claim_run_folder_main(cfg.out, "train sft", settings_of(cfg, RESUME_FREE_FIELDS), cfg, main) as folder:
         judge = SelfJudge(cfg.judge, device=str(runtime.device)) if cfg.filter else None
-        data = load_distill_data(cfg, judge, progress and main)
+        data = load_distill_data(cfg, judge, progress and main, runtime)
         folder.commit()
         runtime.wait()  # the main process has checked the folder's owner and recovered its writes
         out = folder.path

@@ -15,6 +15,13 @@ Round k (folder RUN/round_k):
 RUN/base_eval holds the base model's evaluation; RUN/summary.{json,md} and RUN/plots/*.png the
 per-round tables. Every phase writes its outputs atomically and its last file marks it done, so a
 killed run started again continues where it stopped without redoing finished work.
+
+Under `accelerate launch` (N processes) the main process claims the run folder and writes every
+file; each phase ends with a barrier before the others read what it wrote. The candidates and the
+evaluation images are `generate`'s multi-process run, the judging (round and evaluation) gives
+each process its part of the batches, training shards every batch (`train_lora`); the prompt
+writer, the selection, the oracle, the comparisons and the win rate run on the main process. The
+batches are one process's throughout, so N processes select, pair and train on what one does.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from rewardiff.io_utils import atomic_write_text, load_image, read_jsonl, write_
 from rewardiff.judges.prompt_writer import PromptWriterConfig, build_writer, check_shapes_classes, shapes_validator, write_prompts
 from rewardiff.judges.self_judge import JudgeConfig, SelfJudge, check_pairing, judge_rows, mean_components, select
 from rewardiff.models.lora_formats import check_lora_format
+from rewardiff.runtime import Runtime, is_main_process
 
 
 @dataclass
@@ -76,21 +84,34 @@ class _Context:
     cfg: SelfRewardConfig
     run: Path
     progress: bool
+    runtime: Runtime  # the run's processes (one without accelerate launch)
     judge: SelfJudge | None = None
     scorer: object | None = None
 
     def self_judge(self) -> SelfJudge:
         if self.judge is None:
-            self.judge = SelfJudge(self.cfg.judge, device=self.cfg.device)
+            self.judge = SelfJudge(self.cfg.judge, device=str(self.runtime.device))
         return self.judge
+
+    def judge_rows(self, rows: list[dict], root: Path, desc: str) -> list[dict]:
+        """Every row judged, each process judging its part in whole judge batches; every process
+        gets all the judgements, in the rows' order."""
+        size = self.cfg.judge.batch_size
+
+        def judge_part(part: list[dict]) -> list[dict]:
+            return judge_rows(self.self_judge(), part, root, size, self.progress and self.runtime.is_main, desc=desc)
+
+        return self.runtime.map_parts(judge_part, rows, chunk=size)
 
 
 def _say(text: str) -> None:
-    print(f"[self-reward] {text}", flush=True)
+    if is_main_process():  # one line per event, not one per process
+        print(f"[self-reward] {text}", flush=True)
 
 
 def _progress_line(text: str) -> None:
-    print(text, flush=True)
+    if is_main_process():
+        print(text, flush=True)
 
 
 def _timed(record: dict, name: str):
@@ -111,16 +132,24 @@ def _gen(ctx: _Context, prompts: str, num_images: int, seed: int, out: Path, lor
     sampling = cfg.sampling if guidance is None else replace(cfg.sampling, guidance=guidance)
     gen = GenerateConfig(model=cfg.model, prompts=prompts, num_images=num_images, seed=seed, batch_size=cfg.batch_size,
                          out=str(out), loras=[lora] if lora else [], device=cfg.device, sampling=sampling)
-    return run_generation(gen, progress=ctx.progress)
+    meta = run_generation(gen, progress=ctx.progress, runtime=ctx.runtime)
+    ctx.runtime.wait()  # the main process has let go of the folder's lock (readers refuse a locked folder)
+    return meta
 
 
 # ---- phases ------------------------------------------------------------------------------------
 
 
 def phase_prompts(ctx: _Context, k: int, folder: Path) -> list[str]:
+    """Round k's prompts, written by the main process (one writer: one prompt set)."""
     done = folder / "prompts.json"
-    if done.is_file():
-        return json.loads(done.read_text())["prompts"]
+    if ctx.runtime.is_main and not done.is_file():
+        _write_prompts(ctx, k, folder)
+    ctx.runtime.wait()  # prompts.txt and prompts.json are written
+    return json.loads(done.read_text())["prompts"]
+
+
+def _write_prompts(ctx: _Context, k: int, folder: Path) -> None:
     cfg = ctx.cfg
     validate = None
     from rewardiff.models.pipeline import resolve_model
@@ -133,27 +162,33 @@ def phase_prompts(ctx: _Context, k: int, folder: Path) -> list[str]:
     if not parsed.prompts:
         raise RewardiffError(f"round {k}: the prompt writer produced no valid prompt for classes {cfg.classes} (rejected: {dict(parsed.rejected)})")
     atomic_write_text(folder / "prompts.txt", "\n".join(parsed.prompts) + "\n")
-    write_json(done, {"classes": list(cfg.classes), "written": len(parsed.prompts), "rejected": dict(parsed.rejected), "prompts": parsed.prompts})
+    write_json(folder / "prompts.json", {"classes": list(cfg.classes), "written": len(parsed.prompts), "rejected": dict(parsed.rejected),
+                                         "prompts": parsed.prompts})
     _say(f"round {k}: prompts written {len(parsed.prompts)}, rejected {parsed.num_rejected} {dict(parsed.rejected)}")
-    return parsed.prompts
 
 
 def phase_judge(ctx: _Context, k: int, folder: Path, meta: Path) -> dict:
+    """Judge round k's candidates (every process its part), select and pair them (main process)."""
     done = folder / "judge.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    rows, root = load_metadata(meta)
-    judged = judge_rows(ctx.self_judge(), rows, root, ctx.cfg.judge.batch_size, ctx.progress, desc=f"judge r{k}")
+    if not done.is_file():  # every process looks before the main one can write it: that waits for the judging, which all share
+        rows, root = load_metadata(meta)
+        judged = ctx.judge_rows(rows, root, f"judge r{k}")
+        if ctx.runtime.is_main:
+            _write_selection(ctx, k, folder, judged)
+    ctx.runtime.wait()  # judgements, selection, pairs and judge.json are written
+    return json.loads(done.read_text())
+
+
+def _write_selection(ctx: _Context, k: int, folder: Path, judged: list[dict]) -> None:
     jc = ctx.cfg.judge
     selected, pairs = select(judged, jc.keep_per_prompt, jc.min_pair_gap, jc.pairing, jc.max_pairs_per_prompt)
     for name, items in (("judgements", judged), ("selected", selected), ("pairs", pairs)):
         atomic_write_text(folder / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in items))
     summary = {"candidates": len(judged), "kept": sum(j["kept"] for j in judged), "selected": len(selected), "pairs": len(pairs),
                "candidates_mean": mean_components(judged), "selected_mean": mean_components(selected)}
-    write_json(done, summary)
+    write_json(folder / "judge.json", summary)
     _say(f"round {k}: candidates {len(judged)}, kept by thresholds {summary['kept']}, selected {len(selected)}, pairs {len(pairs)}; "
          f"judged score mean {summary['candidates_mean'].get('score', 0):.3f} -> selected {summary['selected_mean'].get('score', 0):.3f}")
-    return summary
 
 
 def training_examples(loss: str, rows: list[dict], root: Path) -> list[TrainExample]:
@@ -169,23 +204,37 @@ def phase_train(ctx: _Context, k: int, folder: Path, root: Path, prev_lora: str 
 
     cfg = ctx.cfg
     final = folder / "train" / "lora" / "lora.safetensors"
-    if final.is_file():
+    if final.is_file():  # written by the main process at the end of train_lora, after every process looked
         return str(final)
     rows = read_jsonl(folder / ("pairs.jsonl" if cfg.train.loss == "dpo" else "selected.jsonl"))
     examples = training_examples(cfg.train.loss, list(rows), root)
-    pipe, _ = load_pipeline(cfg.model, device=cfg.device, dtype=resolve_dtype("float32", cfg.device))
+    pipe, _ = load_pipeline(cfg.model, device=str(ctx.runtime.device), dtype=resolve_dtype("float32", cfg.device))
     train = SFTConfig(**{**asdict(cfg.train), "seed": cfg.train.seed + k})
-    return str(train_lora(pipe, examples, train, folder / "train", init_lora=prev_lora, progress=ctx.progress))
+    # the run's processes with training's precision, and a fresh fp16 loss scale every round
+    runtime = Runtime(cfg.device, train.mixed_precision, train.allow_tf32)
+    return str(train_lora(pipe, examples, train, folder / "train", init_lora=prev_lora, progress=ctx.progress, runtime=runtime))
 
 
 def evaluate_model(ctx: _Context, folder: Path, lora: str | None, base_meta: Path | None) -> dict:
     """Generate the evaluation set (with `lora`, 'path:scale'), then oracle table, win rate vs
     base and the judge's mean score; FOLDER/eval.json marks it done."""
     done = folder / "eval.json"
-    if done.is_file():
+    if done.is_file():  # written by the main process after the generation all processes share: every one looked before
         return json.loads(done.read_text())
-    cfg, ev = ctx.cfg, ctx.cfg.eval
+    ev = ctx.cfg.eval
     meta = _gen(ctx, ev.prompts, ev.num_images, ev.seed, folder, lora)
+    judged = mean_components(ctx.judge_rows(*load_metadata(meta), "judge eval")) if ev.judge else None
+    if ctx.runtime.is_main:
+        _write_eval(ctx, folder, lora, base_meta, meta, judged)
+    ctx.runtime.wait()  # eval.json is written
+    return json.loads(done.read_text())
+
+
+def _write_eval(ctx: _Context, folder: Path, lora: str | None, base_meta: Path | None, meta: Path, judged: dict | None) -> None:
+    """The main process's part of an evaluation: oracle table, comparison and win rate against
+    the base, and eval.json with the judge's mean score."""
+    ev = ctx.cfg.eval
+    device = str(ctx.runtime.device)
     result: dict = {"lora": lora, "metadata": str(meta)}
     if ev.oracle:
         from rewardiff.eval.oracle_eval import evaluate_with_oracle  # evaluation only
@@ -197,19 +246,17 @@ def evaluate_model(ctx: _Context, folder: Path, lora: str | None, base_meta: Pat
 
             comparisons, _ = compare_runs(base_meta, meta, out=folder / "compare", progress=ctx.progress)
             result["compare"] = comparisons[0].to_dict()
-    if ev.judge:
-        rows, root = load_metadata(meta)
-        result["judge"] = mean_components(judge_rows(ctx.self_judge(), rows, root, cfg.judge.batch_size, ctx.progress, desc="judge eval"))
+    if judged is not None:
+        result["judge"] = judged
     if ev.winrate_reward and base_meta is not None:
         from rewardiff.eval.winrate import evaluate_winrate
         from rewardiff.rewards.registry import build_rewards
 
         if ctx.scorer is None:
-            ctx.scorer = build_rewards([ev.winrate_reward], device=cfg.device)
-        wr, _ = evaluate_winrate(base_meta, meta, ev.winrate_reward, out=folder / "winrate", device=cfg.device, progress=ctx.progress, scorer=ctx.scorer)
+            ctx.scorer = build_rewards([ev.winrate_reward], device=device)
+        wr, _ = evaluate_winrate(base_meta, meta, ev.winrate_reward, out=folder / "winrate", device=device, progress=ctx.progress, scorer=ctx.scorer)
         result["winrate"] = wr.to_dict()
-    write_json(done, result)
-    return result
+    write_json(folder / "eval.json", result)
 
 
 def _base_dir(cfg: SelfRewardConfig) -> Path:
@@ -250,26 +297,30 @@ def run_self_reward(cfg: SelfRewardConfig, progress: bool = True, stop_after: st
     check_lora_format(cfg.train.lora_format)
     check_settings(cfg)
     from rewardiff.models.pipeline import resolve_model
-    from rewardiff.run_folder import claim_run_folder, settings_of
+    from rewardiff.run_folder import claim_run_folder_main, settings_of
 
     resolve_model(cfg.model)  # a missing model folder fails before the run folder is claimed
-    with claim_run_folder(cfg.out, "self-reward", settings_of(cfg, RESUME_FREE), config=cfg) as folder:
+    runtime = Runtime(cfg.device)
+    with claim_run_folder_main(cfg.out, "self-reward", settings_of(cfg, RESUME_FREE), cfg, runtime.is_main) as folder:
         folder.commit()
-        return _run_in(folder.path, cfg, progress, stop_after)
+        runtime.wait()  # the main process owns the folder (owner checked, interrupted writes recovered)
+        return _run_in(folder.path, cfg, progress, stop_after, runtime)
 
 
 RESUME_FREE = ("out", "rounds", "device", "batch_size")
 """Fields a resumed run may change (more rounds, another device or batch size)."""
 
 
-def _run_in(run: Path, cfg: SelfRewardConfig, progress: bool, stop_after: str | None) -> dict:
-    """run_self_reward's rounds, in the claimed run folder."""
-    ctx = _Context(cfg, run, progress)
+def _run_in(run: Path, cfg: SelfRewardConfig, progress: bool, stop_after: str | None, runtime: Runtime) -> dict:
+    """run_self_reward's rounds, in the claimed run folder (every process; the main one writes)."""
+    ctx = _Context(cfg, run, progress, runtime)
+    main = runtime.is_main
     timings_path = run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
 
     def stop(k: int, phase: str) -> None:
-        write_json(timings_path, timings)
+        if main:
+            write_json(timings_path, timings)
         if stop_after == f"{k}:{phase}":
             raise _Stop(f"stopped after round {k} {phase}")
 
@@ -292,7 +343,8 @@ def _run_in(run: Path, cfg: SelfRewardConfig, progress: bool, stop_after: str | 
     try:
         for k in range(1, cfg.rounds + 1):
             folder = run / f"round_{k}"
-            folder.mkdir(exist_ok=True)
+            if main:
+                folder.mkdir(exist_ok=True)
             t = timings.setdefault(f"round_{k}", {})
             clock.start(f"round {k} prompts")
             with _timed(t, "prompts") if "prompts" not in t else _NoTimer():
@@ -323,10 +375,12 @@ def _run_in(run: Path, cfg: SelfRewardConfig, progress: bool, stop_after: str | 
         _say(str(e))
         return {}
     clock.done()
-    write_json(timings_path, timings)
-    summary = summarize(run, cfg)
+    if main:
+        write_json(timings_path, timings)
+    summary = summarize(run, cfg) if main else None
+    runtime.wait()  # summary.json is written
     _say(f"summary: {run / 'summary.md'}")
-    return summary
+    return summary if summary is not None else json.loads((run / "summary.json").read_text())
 
 
 class _NoTimer:

@@ -22,6 +22,7 @@ from rewardiff.errors import RewardiffError
 from rewardiff.generation import METADATA, load_metadata
 from rewardiff.io_utils import atomic_write_text, load_image, write_json
 from rewardiff.rewards.composite import WeightedSum
+from rewardiff.runtime import Runtime
 
 SCORES = "scores.jsonl"
 SUMMARY = "scores_summary.json"
@@ -59,14 +60,17 @@ def score_metadata(
     out: str | Path | None = None,
     progress: bool = True,
     reward: WeightedSum | None = None,
+    runtime: Runtime | None = None,
 ) -> Path:
     """Score every row of a metadata.jsonl (or its folder); returns the path of scores.jsonl.
 
     reward_specs: 'NAME[@MODEL][:WEIGHT]' strings (see registry.py); `reward` may be given
     instead, already built (as run_generation takes a pipe). out: the output folder.
+    Under `accelerate launch` (`runtime`, as `rewardiff score` passes it) each process scores its
+    part of the batches on its own device and the main process writes both files: the batches
+    are one process's, so the files are too. Without a runtime this process scores every row
+    (`eval compare` and `eval winrate` call it so from the main process alone).
     """
-    from tqdm.auto import tqdm
-
     from rewardiff.rewards.registry import build_rewards
 
     if batch_size < 1:
@@ -76,23 +80,41 @@ def score_metadata(
     for line, row in enumerate(rows, 1):
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
             raise RewardiffError(f"{meta}: row {line}: empty prompt")
-    total_reward = reward if reward is not None else build_rewards(list(reward_specs), device=device)
-    out_dir = Path(out) if out is not None else root
+    main = runtime is None or runtime.is_main
+    total_reward = reward if reward is not None else build_rewards(list(reward_specs), device=str(runtime.device) if runtime else device)
+    numbered = list(enumerate(rows, 1))
+
+    def score(part: list[tuple[int, dict]]) -> list[dict]:
+        return _score_rows(total_reward, root, meta, part, batch_size, progress and main)
+
+    results = runtime.map_parts(score, numbered, chunk=batch_size) if runtime is not None else score(numbered)
+    scores_path = (Path(out) if out is not None else root) / SCORES
+    if main:
+        _write_scores(scores_path, results, total_reward, reward_specs, meta)
+    if runtime is not None:
+        runtime.wait()  # both files are written when any process returns
+    return scores_path
+
+
+def _score_rows(total_reward: WeightedSum, root: Path, meta: Path, numbered: list[tuple[int, dict]], batch_size: int,
+                progress: bool) -> list[dict]:
+    """One scores.jsonl row per (line number, metadata row), in order, in batches of batch_size."""
+    from tqdm.auto import tqdm
 
     results: list[dict] = []
-    bar = tqdm(total=len(rows), desc="score", unit="img", disable=not progress)
-    for start in range(0, len(rows), batch_size):
-        batch = list(enumerate(rows[start : start + batch_size], start + 1))
+    bar = tqdm(total=len(numbered), desc="score", unit="img", disable=not progress)
+    for start in range(0, len(numbered), batch_size):
+        batch = numbered[start : start + batch_size]
         arrays = {line: _load(root, row, line, meta) for line, row in batch}
+        by_line = dict(batch)
         by_shape: dict[tuple, list[int]] = {}  # one reward call per image size within the batch
         for line, _ in batch:
             by_shape.setdefault(arrays[line].shape, []).append(line)
         scored: dict[int, dict] = {}
         for lines in by_shape.values():
             images = torch.from_numpy(np.stack([arrays[n] for n in lines])).permute(0, 3, 1, 2).float() / 255.0
-            prompts = [rows[n - 1]["prompt"] for n in lines]
             with torch.no_grad():
-                result = total_reward(images, prompts)
+                result = total_reward(images, [by_line[n]["prompt"] for n in lines])
             for i, n in enumerate(lines):
                 cells = {key: float(result.details[key][i]) for key in total_reward.keys}
                 cells["total"] = float(result.scores[i])
@@ -106,9 +128,12 @@ def score_metadata(
             results.append({"image": row["image"], "prompt": row["prompt"], **scored[line]})
         bar.update(len(batch))
     bar.close()
+    return results
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scores_path = out_dir / SCORES
+
+def _write_scores(scores_path: Path, results: list[dict], total_reward: WeightedSum, reward_specs: Sequence[str], meta: Path) -> None:
+    """scores.jsonl and, beside it, scores_summary.json (mean and std per reward and total)."""
+    scores_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(scores_path, "".join(json.dumps(r) + "\n" for r in results))
     columns = {key: [r[key] for r in results] for key in [*total_reward.keys, "total"]}
     summary = {
@@ -121,5 +146,4 @@ def score_metadata(
         },
         "total": {"mean": float(np.mean(columns["total"])), "std": _std(columns["total"])},
     }
-    write_json(out_dir / SUMMARY, summary)
-    return scores_path
+    write_json(scores_path.parent / SUMMARY, summary)
