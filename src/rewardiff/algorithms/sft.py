@@ -296,8 +296,8 @@ def _micro_step(pipe, cfg: SFTConfig, step: int, micro: int, runtime: Runtime, e
     if cfg.loss == "sft":
         uncond = None
         if cfg.guided_loss > 1.0:
-            empty = [""] * len(batch_prompts)
-            uncond = Conditioning.cat([cached_text[""]] * len(empty)).to(device) if cached_text is not None else _encode(pipe, empty, size)
+            n = len(batch_prompts)
+            uncond = Conditioning.cat([cached_text[""]] * n).to(device) if cached_text is not None else _encode(pipe, [""] * n, size)
         return denoising_loss(pipe.unet, pipe.scheduler, z0, text, snr_gamma=cfg.snr_gamma, noise=(noise, t), uncond=uncond,
                               guidance=cfg.guided_loss, guidance_rescale=cfg.guided_loss_rescale), {}
     zl = latents_l[idx].to(device)

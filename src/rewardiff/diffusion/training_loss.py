@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from rewardiff.diffusion.conditioning import Conditioning, as_conditioning
+from rewardiff.diffusion.sampling import guided_model_output
 from rewardiff.errors import RewardiffError
 
 
@@ -76,8 +77,6 @@ def denoising_loss(unet, scheduler, latents: torch.Tensor, cond: Conditioning | 
     weighted, mean. `cond` is SD embeddings (B, L, D) or a `Conditioning` (SDXL: pooled embeds and
     time ids as added cond kwargs). With `guidance` > 1 (and `uncond`) the prediction trained is the
     classifier-free-guided one the sampler uses, both branches in one batched call."""
-    from rewardiff.diffusion.sampling import guided_model_output
-
     eps, t = noise if noise is not None else draw_noise(scheduler, latents.shape, gen, timesteps)
     eps, t = eps.to(latents.device), t.to(latents.device)
     noisy = scheduler.add_noise(latents, eps, t)
