@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from rewardiff.errors import RewardiffError
+from rewardiff.runtime import Runtime
 from rewardiff.rewards.judged import (  # noqa: F401  (re-exported: the scorer's public names)
     COMPONENTS,
     JudgeConfig,
@@ -36,8 +37,13 @@ from rewardiff.rewards.judged import (  # noqa: F401  (re-exported: the scorer's
 )
 
 
-def judge_rows(judge: SelfJudge, rows: list[dict], root: Path, batch_size: int, progress: bool = True, desc: str = "judge") -> list[dict]:
-    """Judge every metadata row's image; returns judgement rows (metadata fields + judgement)."""
+def judge_rows(judge: SelfJudge, rows: list[dict], root: Path, batch_size: int, progress: bool = True, desc: str = "judge",
+               runtime: Runtime | None = None) -> list[dict]:
+    """Judge every metadata row's image; returns judgement rows (metadata fields + judgement).
+    With a `runtime` (accelerate launch) each process judges its part in whole batches and every
+    process gets every judgement, in the rows' order; without one, this process judges all."""
+    if runtime is not None:
+        return runtime.map_parts(lambda part: judge_rows(judge, part, root, batch_size, progress, desc), rows, chunk=batch_size)
     from tqdm.auto import tqdm
 
     from rewardiff.io_utils import load_image

@@ -98,11 +98,11 @@ def load_distill_data(cfg: DistillConfig, judge: SelfJudge | None, progress: boo
         if not cfg.filter:
             kept_flags.extend([True] * len(found))
             continue
-        chosen = _judge(judge, found, root, cfg.judge.batch_size, progress, "judge data", runtime)
+        chosen = judge_rows(judge, found, root, cfg.judge.batch_size, progress, "judge data", runtime)
         if not pairs:
             kept_flags.extend(bool(j["kept"]) for j in chosen)
             continue
-        worst = _judge(judge, [{**r, "image": r["rejected_image"]} for r in found], root, cfg.judge.batch_size, progress, "judge worst", runtime)
+        worst = judge_rows(judge, [{**r, "image": r["rejected_image"]} for r in found], root, cfg.judge.batch_size, progress, "judge worst", runtime)
         kept_flags.extend(bool(c["kept"]) and c["score"] - w["score"] >= cfg.judge.min_pair_gap for c, w in zip(chosen, worst))
     categories = [_category(r["prompt"]) for r in rows]
     kept = [i for i, k in enumerate(kept_flags) if k]
@@ -119,14 +119,6 @@ def load_distill_data(cfg: DistillConfig, judge: SelfJudge | None, progress: boo
     counts = {c: {"images": total[c], "kept": kept_count[c], "draw_weight": int(replicas.get(c, 1)) if cfg.balance else 1}
               for c in sorted(total)}
     return DistillData(examples, counts)
-
-
-def _judge(judge: SelfJudge, rows: list[dict], root: Path, batch_size: int, progress: bool, desc: str, runtime: Runtime | None) -> list[dict]:
-    """judge_rows, shared out in whole batches over the processes of `runtime` (if given)."""
-    def judge_part(part: list[dict]) -> list[dict]:
-        return judge_rows(judge, part, root, batch_size, progress, desc=desc)
-
-    return runtime.map_parts(judge_part, rows, chunk=batch_size) if runtime is not None else judge_part(rows)
 
 
 def check_distill_config(cfg: DistillConfig) -> None:

@@ -94,14 +94,8 @@ class _Context:
         return self.judge
 
     def judge_rows(self, rows: list[dict], root: Path, desc: str) -> list[dict]:
-        """Every row judged, each process judging its part in whole judge batches; every process
-        gets all the judgements, in the rows' order."""
-        size = self.cfg.judge.batch_size
-
-        def judge_part(part: list[dict]) -> list[dict]:
-            return judge_rows(self.self_judge(), part, root, size, self.progress and self.runtime.is_main, desc=desc)
-
-        return self.runtime.map_parts(judge_part, rows, chunk=size)
+        """Every row judged by the run's judge, shared out over the run's processes."""
+        return judge_rows(self.self_judge(), rows, root, self.cfg.judge.batch_size, self.progress and self.runtime.is_main, desc, self.runtime)
 
 
 def _say(text: str) -> None:
