@@ -327,8 +327,8 @@ def run_epoch(model: PreferenceMLP, optimizer: torch.optim.Optimizer, emb: Embed
         sizes = t.group_ptr[groups + 1] - t.group_ptr[groups]
         npairs = t.pair_ptr[groups + 1] - t.pair_ptr[groups]
         masks = dropout_masks(model, int(sizes.sum()), emb.image.device)
-        lo = len(groups) * runtime.process_index // runtime.num_processes
-        hi = len(groups) * (runtime.process_index + 1) // runtime.num_processes
+        mine = runtime.part(len(groups))
+        lo, hi = mine.start, mine.stop
         rows = slice(int(sizes[:lo].sum()), int(sizes[:hi].sum()))  # this shard's images within the batch
         n_all, n_mine = int(npairs.sum()), int(npairs[lo:hi].sum())
         local = 0.0
